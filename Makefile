@@ -1,0 +1,21 @@
+# Two commands for a fresh machine: `make demo` and `make test`. Both set up .venv/ first (idempotent).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat setup.py requirements-lock.txt 2>/dev/null | sha1sum | cut -c1-12)
+
+.PHONY: venv demo test bench clean
+venv: $(STAMP)
+
+$(STAMP): setup.py
+	bash .ci/setup_venv.sh $(VENV)
+	touch $@
+
+demo: venv
+	$(BIN)/python -m igrpo_megatron.demo
+
+test: venv
+	$(BIN)/python -m pytest -q tests
+
+clean:
+	rm -rf $(VENV)
