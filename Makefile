@@ -2,12 +2,12 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat setup.py requirements-lock.txt 2>/dev/null | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat setup.py .ci/setup_venv.sh | sha1sum | cut -c1-12)
 
 .PHONY: venv demo test bench clean
 venv: $(STAMP)
 
-$(STAMP): setup.py
+$(STAMP): setup.py .ci/setup_venv.sh
 	bash .ci/setup_venv.sh $(VENV)
 	touch $@
 

@@ -15,7 +15,7 @@ setup(
         "torch>=2.4",
         "megatron-core>=0.16,<0.17",
         "datasets",
-        "math-verify[antlr4_13_2]",
+        "math-verify[antlr4-13-2]",
         "transformers",
         "safetensors",
         "pyyaml",

