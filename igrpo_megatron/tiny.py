@@ -11,7 +11,9 @@ import os
 import random
 from typing import Iterable, Optional
 
-SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>", "<|im_start|>", "<|im_end|>"]
+# "<|endoftext|>" is in the vocabulary because transformers loads a tokenizer next to a Qwen2
+# config.json as Qwen2Tokenizer, which adds it when missing (and the vocab would outgrow the model).
+SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>", "<|im_start|>", "<|im_end|>", "<|endoftext|>"]
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
