@@ -175,6 +175,30 @@ class TrainConfig:
 
 
 @dataclass
+class EvalConfig:
+    """``igrpo-eval``: avg@k on math benchmarks through a vLLM server (paper protocol by default).
+
+    Each entry of ``benchmarks`` is a registry name (igrpo_megatron/eval/benchmarks.py) or
+    ``name=path`` to read that benchmark from a local jsonl/json/parquet file instead of the hub.
+    """
+
+    benchmarks: list[str] = field(
+        default_factory=lambda: ["aime24", "aime25", "math500", "amc23", "gsm8k", "minerva_math"])
+    data_dir: Optional[str] = None  # a folder of <name>.jsonl files that replaces the hub downloads
+    samples: Optional[int] = None  # k for every benchmark; None: the paper's (64 AIME, 8 otherwise)
+    pass_k: list[int] = field(default_factory=lambda: [1])  # unbiased pass@k also reported (k <= samples)
+    temperature: float = 0.6
+    top_p: float = 0.95
+    # Paper: up to 65,000 generated tokens; each request is capped at what the server's
+    # max_model_len leaves after the prompt.
+    max_tokens: int = 65000
+    prompt_template: str = "{problem}\n\nPlease reason step by step, and put your final answer within \\boxed{{}}."
+    limit: Optional[int] = None  # first n problems of each benchmark (smoke runs)
+    seed: int = 0
+    output_dir: str = "runs/eval"
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
@@ -185,6 +209,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 # ----------------------------------------------------------------------------------- loading
