@@ -1,0 +1,1 @@
+"""Thin command-line entry points (see setup.py console_scripts)."""

@@ -1,0 +1,185 @@
+"""What one iteration measured, and where it is written (JSONL, TensorBoard, one console line).
+
+The rollout figures answer the paper's questions directly: does the best of N drafts reach
+``1 - (1 - p)^N`` (its Proposition), and do refinements fix wrong drafts more often than they
+break right ones. Everything is computed on rank 0 from the full rollout batch; the training
+figures (entropy, KL, clip fraction) come from the loss and are averaged over data-parallel ranks
+by the trainer before they reach this module.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+# Every step's record carries these keys (the end-to-end test checks the file against this list).
+STEP_FIELDS = (
+    "step",
+    "weight_version",
+    "draft_acc",
+    "best_draft_acc",
+    "best_draft_acc_bound",
+    "refine_acc",
+    "trans_wrong_to_right",
+    "trans_right_to_wrong",
+    "reward_mean",
+    "reward_std",
+    "zero_var_frac",
+    "entropy",
+    "kl",
+    "clip_frac",
+    "logprob_mismatch",
+    "prompt_len_mean",
+    "draft_len_mean",
+    "response_len_mean",
+    "truncated_frac",
+    "time_rollout_s",
+    "time_logprobs_s",
+    "time_train_s",
+    "time_refit_s",
+    "time_step_s",
+    "tokens_per_s",
+)
+
+
+@dataclass
+class PromptRollout:
+    """Everything the two stages produced for one prompt (rank 0 builds it, all ranks receive it).
+
+    ``draft_*`` lists are empty for GRPO (``num_drafts = 0``). ``prompt_ids`` is the prompt the
+    trained completions were sampled from: the refinement prompt in iGRPO, the question in GRPO.
+    """
+
+    index: int
+    question: str
+    answer: str
+    prompt_ids: list[int]
+    response_ids: list[list[int]]
+    response_logprobs: list[list[float]]
+    rewards: list[float]
+    accuracy: list[float]
+    truncated: list[bool]
+    draft_ids: list[list[int]] = field(default_factory=list)
+    draft_rewards: list[float] = field(default_factory=list)
+    draft_accuracy: list[float] = field(default_factory=list)
+    best_draft: int = -1
+    weight_version: int = -1
+
+
+def _mean(xs: Sequence[float]) -> float:
+    return float(sum(xs) / len(xs)) if xs else 0.0
+
+
+def _std(xs: Sequence[float]) -> float:
+    if len(xs) < 2:
+        return 0.0
+    m = _mean(xs)
+    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+
+
+def rollout_metrics(groups: Sequence[PromptRollout], num_drafts: int) -> dict[str, float]:
+    """Accuracy of drafts, best drafts and refinements, transitions, rewards and lengths.
+
+    Transitions are conditional rates over refinement samples: ``trans_wrong_to_right`` is
+    P(refinement correct | its best draft wrong), ``trans_right_to_wrong`` is P(refinement wrong |
+    best draft right). Both are 0 for GRPO.
+    """
+    rewards = [r for g in groups for r in g.rewards]
+    acc = [a for g in groups for a in g.accuracy]
+    draft_acc = [a for g in groups for a in g.draft_accuracy]
+    best_acc = [g.draft_accuracy[g.best_draft] for g in groups if g.draft_accuracy]
+    p = _mean(draft_acc)
+    from_wrong = [a for g in groups if g.draft_accuracy and g.draft_accuracy[g.best_draft] < 1 for a in g.accuracy]
+    from_right = [a for g in groups if g.draft_accuracy and g.draft_accuracy[g.best_draft] >= 1 for a in g.accuracy]
+    return {
+        "draft_acc": p,
+        "best_draft_acc": _mean(best_acc),
+        "best_draft_acc_bound": 1.0 - (1.0 - p) ** num_drafts if num_drafts else 0.0,
+        "refine_acc": _mean(acc),
+        "trans_wrong_to_right": _mean(from_wrong),
+        "trans_right_to_wrong": 1.0 - _mean(from_right) if from_right else 0.0,
+        "reward_mean": _mean(rewards),
+        "reward_std": _std(rewards),
+        "zero_var_frac": _mean([float(_std(g.rewards) == 0.0) for g in groups]),
+        "prompt_len_mean": _mean([len(g.prompt_ids) for g in groups]),
+        "draft_len_mean": _mean([len(d) for g in groups for d in g.draft_ids]),
+        "response_len_mean": _mean([len(r) for g in groups for r in g.response_ids]),
+        "truncated_frac": _mean([float(t) for g in groups for t in g.truncated]),
+        "num_samples": float(len(rewards)),
+    }
+
+
+def generated_tokens(groups: Sequence[PromptRollout]) -> int:
+    """Tokens the rollout server generated this step (drafts included: they cost decode time)."""
+    return sum(len(r) for g in groups for r in g.response_ids) + sum(len(d) for g in groups for d in g.draft_ids)
+
+
+class MetricsLogger:
+    """Append one JSON record per step to ``run_dir/metrics.jsonl``; mirror to TensorBoard if installed.
+
+    Appending (not truncating) keeps the history of a resumed run in one file; records of steps
+    that are repeated after a resume appear twice, and readers keep the last one per step.
+    """
+
+    def __init__(self, run_dir: str, tensorboard: bool = True, stream=None):
+        os.makedirs(run_dir, exist_ok=True)
+        self.path = os.path.join(run_dir, "metrics.jsonl")
+        self._file = open(self.path, "a", encoding="utf-8")
+        self._stream = stream or sys.stdout
+        self._tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is optional; JSONL is the record of truth
+                SummaryWriter = None
+            if SummaryWriter is not None:
+                self._tb = SummaryWriter(os.path.join(run_dir, "tensorboard"))
+        self._t0 = time.time()
+
+    def log(self, record: dict) -> None:
+        self._file.write(json.dumps(record, sort_keys=True) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    self._tb.add_scalar(k, v, record["step"])
+            self._tb.flush()
+        print(progress_line(record), file=self._stream, flush=True)
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def progress_line(r: dict) -> str:
+    """One human-readable line per step: the numbers someone watching a run looks for first."""
+    parts = [f"step {r['step']:>4}"]
+    if r.get("draft_acc") is not None and r.get("best_draft_acc_bound", 0) > 0:
+        parts.append(f"draft {r['draft_acc']:.3f} best {r['best_draft_acc']:.3f} (bound {r['best_draft_acc_bound']:.3f})")
+    parts.append(f"acc {r.get('refine_acc', 0):.3f}")
+    if r.get("best_draft_acc_bound", 0) > 0:
+        parts.append(f"w->r {r.get('trans_wrong_to_right', 0):.2f} r->w {r.get('trans_right_to_wrong', 0):.2f}")
+    parts.append(f"reward {r.get('reward_mean', 0):.3f}±{r.get('reward_std', 0):.3f}")
+    parts.append(f"ent {r.get('entropy', 0):.3f} kl {r.get('kl', 0):.2e} clip {r.get('clip_frac', 0):.3f}")
+    parts.append(f"len {r.get('response_len_mean', 0):.0f}")
+    parts.append(f"{r.get('time_step_s', 0):.1f}s ({r.get('tokens_per_s', 0):.0f} tok/s) v{r.get('weight_version', -1)}")
+    return " | ".join(parts)
+
+
+def read_metrics(run_dir: str) -> list[dict]:
+    """Records of ``run_dir/metrics.jsonl`` in step order, keeping the last record per step."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} does not exist; is {run_dir} a run directory (train.output_dir)?")
+    by_step: dict[int, dict] = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                rec = json.loads(line)
+                by_step[int(rec["step"])] = rec
+    return [by_step[s] for s in sorted(by_step)]
