@@ -1,0 +1,67 @@
+"""Model provider: HF config reading, vocabulary padding, the TE/FP8 decision, and real builds under torchrun."""
+import json
+import os
+
+import pytest
+
+from igrpo_megatron.config import ConfigError, ModelConfig, ParallelConfig
+from igrpo_megatron.models.provider import load_hf_config, padded_vocab_size, use_transformer_engine
+from torchrun_util import REPO, checks, run_torchrun
+
+
+def test_hf_config_fields(tiny_qwen2, tmp_path):
+    hf = load_hf_config(tiny_qwen2)
+    assert (hf.model_type, hf.hidden_size, hf.num_layers, hf.num_attention_heads, hf.num_kv_heads) == (
+        "qwen2", 128, 2, 4, 2)
+    assert (hf.head_dim, hf.ffn_hidden_size, hf.rope_theta, hf.qkv_bias, hf.tie_word_embeddings) == (
+        32, 256, 10000.0, True, False)
+    # Llama: no qkv bias, tied embeddings, old-style rope_theta at the top level
+    raw = dict(json.load(open(os.path.join(tiny_qwen2, "config.json"))), model_type="llama",
+               tie_word_embeddings=True, rope_theta=500000.0)
+    raw.pop("rope_parameters")
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    llama = load_hf_config(str(tmp_path))
+    assert (llama.qkv_bias, llama.tie_word_embeddings, llama.rope_theta) == (False, True, 500000.0)
+    (tmp_path / "config.json").write_text(json.dumps(dict(raw, model_type="mixtral")))
+    with pytest.raises(ConfigError, match="model_type 'mixtral' is not supported"):
+        load_hf_config(str(tmp_path))
+    with pytest.raises(ConfigError, match="model.hf_path"):
+        load_hf_config(str(tmp_path / "missing_dir" / "x"))
+
+
+def test_padded_vocab_sizes():
+    assert padded_vocab_size(320, 1) == 384
+    assert padded_vocab_size(320, 2) == 384  # same padded size at TP 1 and 2: checkpoints reshard
+    assert padded_vocab_size(151936, 8) == 151936  # Qwen2.5: already a multiple of 128
+    assert padded_vocab_size(322, 3, multiple=1) == 324
+    assert padded_vocab_size(7, 4, multiple=1) == 8
+    assert padded_vocab_size(128, 3) == 384  # lcm(128, 3) = 384
+
+
+def test_fp8_without_transformer_engine_is_a_clear_error():
+    with pytest.raises(ConfigError, match=r"model.fp8=e4m3 needs Transformer Engine.*pip install \.\[gpu\].*model.fp8=null"):
+        use_transformer_engine(ModelConfig(fp8="e4m3", dtype="bf16"))
+    with pytest.raises(ConfigError, match="model.transformer_impl=transformer_engine"):
+        use_transformer_engine(ModelConfig(transformer_impl="transformer_engine"))
+    with pytest.raises(ConfigError, match="model.transformer_impl=local"):
+        use_transformer_engine(ModelConfig(fp8="hybrid", transformer_impl="local"))
+    assert use_transformer_engine(ModelConfig()) is False  # auto without TE: the local spec
+
+
+def test_tp_must_divide_heads(tiny_qwen2):
+    from igrpo_megatron.models.provider import transformer_config_from_hf
+
+    hf = load_hf_config(tiny_qwen2)
+    with pytest.raises(ConfigError, match="parallel.tp=4 does not divide the model's 2 key/value heads"):
+        transformer_config_from_hf(hf, ModelConfig(dtype="fp32"), ParallelConfig(tp=4))
+    with pytest.raises(ConfigError, match="parallel.pp=3 does not divide the model's 2 layers"):
+        transformer_config_from_hf(hf, ModelConfig(dtype="fp32"), ParallelConfig(pp=3))
+
+
+def test_build_under_tp2_and_pp2(tiny_qwen2):
+    out = run_torchrun(os.path.join(REPO, "tests/dist/models_smoke.py"), 2, [tiny_qwen2])
+    c = checks(out)
+    assert c["tp2pp1_local_vocab"] == 192  # 320 padded to 384, split over 2 ranks
+    assert c["tp2pp1_params_with_grad_frac"] == 1.0
+    assert c["tp2pp1_padded_vocab"] == c["tp1pp2_padded_vocab"] == 384
+    assert c["tp2pp1_layers_per_stage"] == 2 and c["tp1pp2_layers_per_stage"] == 1
