@@ -36,6 +36,9 @@ class ModelConfig:
     fp8_amax_compute_algo: Literal["max", "most_recent"] = "max"
     recompute_activations: bool = False  # the paper trains with gradient checkpointing
     transformer_impl: Literal["auto", "transformer_engine", "local"] = "auto"
+    # The embedding/output rows are padded to a multiple of this (and of parallel.tp). A fixed
+    # multiple keeps the padded size, hence checkpoint shapes, the same for every TP that divides it.
+    vocab_pad_multiple: int = 128
 
 
 @dataclass
@@ -78,7 +81,9 @@ class LossConfig:
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
     entropy_coef: float = 0.0
     tis_cap: Optional[float] = None  # truncated importance sampling vs rollout logprobs, e.g. 2.0
-    seq_sum_norm_constant: Optional[float] = None  # Dr.GRPO normaliser; default rollout.max_tokens
+    # Dr.GRPO's token-sum divisor; required by aggregation=seq_mean_token_sum_norm (the paper of
+    # Dr.GRPO uses the generation budget, i.e. rollout.max_tokens).
+    seq_sum_norm_constant: Optional[float] = None
     dynamic_sampling: bool = False  # DAPO: drop groups whose rewards have zero variance
 
 
@@ -95,15 +100,22 @@ class IGRPOConfig:
 
 @dataclass
 class RewardConfig:
+    """total = accuracy_weight * accuracy + format_weight * format (paper: 1.0 + 1.0)."""
+
     kind: Literal["math_verify", "judge"] = "math_verify"
     accuracy_weight: float = 1.0
     format_weight: float = 1.0
     num_workers: int = 0  # 0: one per core
     timeout_s: float = 5.0  # per item; a timeout scores 0 and is counted
-    judge_url: Optional[str] = None
+    chunk_size: int = 16  # items sent to a worker at once (fewer when the queue is short)
+    judge_url: Optional[str] = None  # base URL of an OpenAI-compatible server, e.g. http://host:8000
     judge_model: Optional[str] = None
-    judge_api_key_env: str = "IGRPO_JUDGE_API_KEY"
+    judge_api_key_env: str = "IGRPO_JUDGE_API_KEY"  # name of the env var holding the key (may be unset)
     judge_max_tokens: int = 512
+    judge_timeout_s: float = 120.0  # per request
+    judge_max_retries: int = 3  # on connection errors, 429 and 5xx, with exponential backoff
+    judge_concurrency: int = 16
+    judge_fallback_score: float = 0.0  # accuracy when the judge's reply is unusable (counted)
 
 
 @dataclass
@@ -111,16 +123,19 @@ class DataConfig:
     """Prompts and gold answers. ``source`` is a hub dataset name or a local jsonl/json/parquet file."""
 
     preset: Optional[Literal["math", "acereason", "synthetic"]] = None
-    source: Optional[str] = None
+    source: Optional[str] = None  # None: the preset's hub dataset
     split: str = "train"
-    prompt_field: str = "problem"
-    answer_field: str = "answer"
-    answer_from_boxed: bool = False  # MATH: the gold answer is the \\boxed{} in the solution
+    # None: the preset's value, else "problem" / "answer" / False (see data/loading.py PRESETS)
+    prompt_field: Optional[str] = None
+    answer_field: Optional[str] = None
+    answer_from_boxed: Optional[bool] = None  # MATH: the gold answer is the last \\boxed{} of the solution
     skip_malformed: bool = False  # False: a malformed row is an error naming file, row and field
     shuffle: bool = True
     seed: int = 1234
     synthetic_size: int = 2000
     synthetic_max_operand: int = 20
+    synthetic_ops: str = "+-"  # operators drawn from; "+-*" is harder
+    synthetic_num_operands: int = 2
 
 
 @dataclass
@@ -152,6 +167,13 @@ class RolloutConfig:
     refit_transport: Literal["disk", "http", "nccl"] = "disk"
     refit_dir: Optional[str] = None  # shared filesystem folder for the disk transport
     refit_bucket_mb: int = 512
+    # How /pause treats in-flight requests during a refit: "wait" lets them finish on the old
+    # weights (each sample then has exactly one weight version), "abort" cancels them (the client
+    # retries them on the new weights), "keep" freezes them and continues on the new weights
+    # (such samples span two versions and are labelled with the older one).
+    refit_pause_mode: Literal["wait", "abort", "keep"] = "wait"
+    nccl_master_address: Optional[str] = None  # nccl transport: this trainer node's address
+    nccl_master_port: int = 29650
     stale_policy: Literal["refuse", "count"] = "refuse"
 
 
@@ -295,7 +317,7 @@ def _build(cls: type, data: dict, path: str) -> Any:
         sub = f"{path}.{name}" if path else name
         tp = hints[name]
         if dataclasses.is_dataclass(tp):
-            kwargs[name] = _build(tp, value or {}, sub)
+            kwargs[name] = _build(tp, {} if value is None else value, sub)  # `loss:` alone is empty
         else:
             kwargs[name] = _coerce(value, tp, sub)
     return cls(**kwargs)
@@ -382,7 +404,13 @@ def validate(cfg: Config, world_size: Optional[int] = None, num_attention_heads:
     _require(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio must be in [0, 1]")
     _require(0 <= o.warmup_ratio < 1, "optim.warmup_ratio must be in [0, 1)")
     _require(o.lr > 0, "optim.lr must be > 0")
-    _require(loss.clip_low >= 0 and loss.clip_high >= 0, "loss.clip_low and loss.clip_high must be >= 0")
+    _require(0 <= loss.clip_low < 1 and loss.clip_high >= 0,
+             "loss.clip_low must be in [0, 1) (the ratio's lower bound is 1 - clip_low) and loss.clip_high >= 0")
+    _require(loss.aggregation != "seq_mean_token_sum_norm" or (loss.seq_sum_norm_constant or 0) > 0,
+             f"loss.aggregation=seq_mean_token_sum_norm (Dr.GRPO) needs loss.seq_sum_norm_constant > 0; "
+             f"set it to the generation budget, rollout.max_tokens={r.max_tokens}")
+    _require(ig.max_draft_tokens is None or ig.max_draft_tokens >= 1,
+             "igrpo.max_draft_tokens must be >= 1 or null (null: whatever the prompt budget leaves)")
     _require(loss.dual_clip_c is None or loss.dual_clip_c > 1,
              "loss.dual_clip_c must be > 1 (e.g. 3.0) or null")
     _require(loss.tis_cap is None or loss.tis_cap >= 1, "loss.tis_cap must be >= 1 or null")
