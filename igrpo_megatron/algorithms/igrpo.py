@@ -1,0 +1,192 @@
+"""The iGRPO wrapper's own pieces (Iterative GRPO, arXiv 2602.09000): best-draft selection, the
+prompt wording for both stages, fitting a draft into the prompt budget, the rollout budget, and
+DAPO's dynamic-sampling filter.
+
+This module owns ALL prompt wording of the project (stage-1 / GRPO prompts and stage-2 refinement
+prompts), so one edit changes what the model is told everywhere. Functions that touch token ids
+take tokenizer callables (``encode``, ``render``) instead of importing transformers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+# ------------------------------------------------------------------------------ draft selection
+
+
+def select_best_drafts(rewards: Tensor) -> tuple[Tensor, Tensor]:
+    """Stage 1 -> stage 2: the index of the best of N drafts per prompt, ``rewards: [P, N]``.
+
+    Returns ``(indices [P] int64, all_zero [P] bool)``.
+
+    Tie rule (the paper has none): among drafts sharing the maximum reward the FIRST index, i.e. the
+    earliest sampled, wins. Samples are i.i.d., so this is as good as a random pick, and it makes the
+    selection -- hence the whole run -- reproducible from the rollout seed.
+
+    ``all_zero`` marks prompts where no draft earned any reward (max <= 0). The paper keeps those
+    prompts: argmax still returns a draft (here draft 0) and the refinement prompt tells the model the
+    draft may be wrong. They are reported so the trainer can log how often stage 2 starts from a
+    failed draft (it falls as the policy improves: the "dynamic self-conditioning").
+    """
+    if rewards.dim() != 2 or rewards.shape[1] < 1:
+        raise ValueError(f"rewards must be [num_prompts, num_drafts] with num_drafts >= 1, got {tuple(rewards.shape)}")
+    if torch.isnan(rewards).any():
+        raise ValueError("draft rewards contain NaN; the reward function must score every draft")
+    best = rewards.amax(dim=1, keepdim=True)
+    positions = torch.arange(rewards.shape[1], device=rewards.device).expand_as(rewards)
+    # Explicit first-among-maxima rather than relying on argmax's tie behaviour.
+    indices = torch.where(rewards == best, positions, rewards.shape[1]).amin(dim=1)
+    return indices, best.squeeze(1) <= 0
+
+
+def dynamic_sampling_mask(rewards: Tensor) -> Tensor:
+    """DAPO dynamic sampling (Yu et al. 2025): ``keep [P]`` is False for groups whose G rewards are
+    all equal. Their group-relative advantages are all zero, so they add no gradient but still dilute
+    the batch (token-mean denominators, effective batch size)."""
+    if rewards.dim() != 2:
+        raise ValueError(f"rewards must be [num_prompts, group_size], got {tuple(rewards.shape)}")
+    return rewards.amax(dim=1) != rewards.amin(dim=1)
+
+
+# ------------------------------------------------------------------------------ rollout budget
+
+
+@dataclass(frozen=True)
+class RolloutBudget:
+    """Samples generated for ``num_prompts`` prompts. Only refinements are trained on; drafts are
+    context. The paper matches ``per_prompt`` with GRPO's group size (N + G = 8)."""
+
+    num_prompts: int
+    drafts: int  # N * prompts, stage 1
+    refinements: int  # G * prompts, stage 2 (the trained sequences)
+
+    @property
+    def total(self) -> int:
+        return self.drafts + self.refinements
+
+    @property
+    def per_prompt(self) -> int:
+        return self.total // self.num_prompts
+
+
+def rollout_budget(num_drafts: int, num_refinements: int, num_prompts: int = 1) -> RolloutBudget:
+    """Budget of one step. ``num_drafts = 0`` is plain GRPO: one stage with ``num_refinements``
+    samples per prompt, trained on directly."""
+    if num_drafts < 0 or num_refinements < 1 or num_prompts < 1:
+        raise ValueError(f"need num_drafts >= 0, num_refinements >= 1, num_prompts >= 1; got "
+                         f"{num_drafts}, {num_refinements}, {num_prompts}")
+    return RolloutBudget(num_prompts, num_drafts * num_prompts, num_refinements * num_prompts)
+
+
+# ------------------------------------------------------------------------------ prompt wording
+
+SYSTEM_PROMPT = (
+    "You are a careful mathematical problem solver. First reason step by step as an internal "
+    "monologue enclosed in <think> </think> tags, then state the final answer enclosed in "
+    "<answer> </answer> tags, for example: <think> reasoning here </think> <answer> 42 </answer>.\n"
+    "Some requests include an earlier draft solution. Use such a draft as guidance only, never as "
+    "ground truth: it may contain errors. Your answer must be strictly better than the draft: fix "
+    "its mistakes, fill the gaps in its reasoning, make the justification stronger and the writing "
+    "clearer. Do not copy the draft word for word. If the draft's final answer is wrong, work out "
+    "and give the correct one."
+)
+
+
+@dataclass(frozen=True)
+class RefinementTemplate:
+    """How the stage-2 prompt q' joins the question q and the best draft (the paper does not give the
+    joining text; this is the project's). The draft sits between unique tags so the model can tell
+    where it starts and ends, even when it is cut (see :func:`fit_draft`)."""
+
+    system_prompt: str = SYSTEM_PROMPT
+    draft_open: str = "<draft>"
+    draft_close: str = "</draft>"
+    user_template: str = (
+        "{question}\n\n"
+        "An earlier attempt at this problem is given below. It may be incomplete or wrong.\n\n"
+        "{draft_open}\n{draft}\n{draft_close}\n\n"
+        "Write a new, complete solution that improves on the draft."
+    )
+    # Stands in for the middle of a draft too long for the prompt.
+    elision: str = "\n\n[... middle of the draft omitted ...]\n\n"
+
+    def user_message(self, question: str, draft: str) -> str:
+        return self.user_template.format(question=question, draft=draft, draft_open=self.draft_open,
+                                         draft_close=self.draft_close)
+
+
+DEFAULT_TEMPLATE = RefinementTemplate()
+Messages = list[dict[str, str]]
+
+
+def build_prompt_messages(question: str, system_prompt: Optional[str] = None) -> Messages:
+    """Chat messages of a stage-1 draft / plain GRPO prompt: the system instruction and the question."""
+    system = DEFAULT_TEMPLATE.system_prompt if system_prompt is None else system_prompt
+    return [{"role": "system", "content": system}, {"role": "user", "content": question}]
+
+
+def build_refinement_messages(question: str, draft: str, system_prompt: Optional[str] = None,
+                              template: RefinementTemplate = DEFAULT_TEMPLATE) -> Messages:
+    """Chat messages of the stage-2 prompt q' = q followed by the delimited best draft."""
+    system = template.system_prompt if system_prompt is None else system_prompt
+    return [{"role": "system", "content": system},
+            {"role": "user", "content": template.user_message(question, draft)}]
+
+
+# ------------------------------------------------------------------------------ prompt budget
+
+
+def fit_draft(draft_token_ids: Sequence[int], prompt_len: int, max_prompt_tokens: int, *,
+              elision_ids: Sequence[int], max_draft_tokens: Optional[int] = None,
+              head_fraction: float = 0.25) -> list[int]:
+    """Cut a draft so that ``prompt_len`` (the refinement prompt's tokens WITHOUT the draft) plus the
+    draft fits in ``max_prompt_tokens`` and the draft in ``max_draft_tokens`` (if set).
+
+    The paper allows 1,024 prompt and 4,096 completion tokens and does not say how a stage-2 prompt
+    holding a long draft fits. Rule: a draft that fits is kept whole; otherwise its first
+    ``head_fraction`` of the budget and its LAST tokens are kept, joined by ``elision_ids``. The tail
+    holds what refinement needs most -- the draft's conclusion and its ``<answer>`` -- and the head
+    its approach; the middle (long exploratory reasoning) is what a reader can best lose. The marker
+    tells the model text is missing, so it does not mistake the cut for a reasoning gap to "fix".
+    """
+    budget = max_prompt_tokens - prompt_len
+    if max_draft_tokens is not None:
+        budget = min(budget, max_draft_tokens)
+    draft = list(draft_token_ids)
+    if len(draft) <= budget:
+        return draft
+    room = budget - len(elision_ids)
+    if room < 2:
+        raise ValueError(
+            f"no room for the draft: the refinement prompt without it takes {prompt_len} of "
+            f"{max_prompt_tokens} tokens (draft budget {budget}, elision marker {len(elision_ids)}); "
+            f"raise rollout.max_prompt_tokens / igrpo.max_draft_tokens or drop over-long questions"
+        )
+    head = max(1, int(room * head_fraction))
+    tail = room - head
+    return draft[:head] + list(elision_ids) + draft[len(draft) - tail:]
+
+
+def refinement_prompt_ids(question: str, draft_token_ids: Sequence[int], *,
+                          render: Callable[[Messages], str], encode: Callable[[str], list[int]],
+                          max_prompt_tokens: int, max_draft_tokens: Optional[int] = None,
+                          system_prompt: Optional[str] = None,
+                          template: RefinementTemplate = DEFAULT_TEMPLATE) -> list[int]:
+    """Token ids of the stage-2 prompt, with the draft's OWN token ids (as sampled) spliced in.
+
+    ``render`` applies the chat template to messages and returns text (e.g.
+    ``lambda m: tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True)``);
+    ``encode`` turns text into ids without adding special tokens. The prompt is rendered around a
+    placeholder, the text on either side is encoded, and the fitted draft goes between -- so the
+    length is exact, and the model conditions on the very tokens it produced in stage 1.
+    """
+    placeholder = "<<IGRPO_DRAFT_PLACEHOLDER>>"
+    text = render(build_refinement_messages(question, placeholder, system_prompt, template))
+    before, after = text.split(placeholder)
+    prefix, suffix = encode(before), encode(after)
+    fitted = fit_draft(draft_token_ids, len(prefix) + len(suffix), max_prompt_tokens,
+                       elision_ids=encode(template.elision), max_draft_tokens=max_draft_tokens)
+    return prefix + fitted + suffix
