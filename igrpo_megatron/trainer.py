@@ -1,0 +1,404 @@
+"""The iGRPO loop (DESIGN.md "One iteration"); GRPO is the same loop with ``igrpo.num_drafts = 0``.
+
+One step::
+
+    prompts -> stage 1: N drafts each -> rewards -> best draft -> refinement prompts
+            -> stage 2: G refinements each -> rewards -> group-relative advantages
+            -> old (and reference) logprobs from Megatron -> policy update on stage-2 tokens only
+            -> refit the rollout server -> metrics -> checkpoint
+
+The trainer owns no math: advantages, losses and prompt wording live in ``algorithms/``, the
+model in ``models/``, the transfer of weights in ``weights/`` and ``rollout/``.
+
+Process layout: every rank of the torchrun job runs :func:`train`. Rank 0 alone talks to the
+rollout server and the reward pool (the simplest correct choice: one client, one event loop) and
+broadcasts the finished rollout to the other ranks; each data-parallel rank then trains on its
+shard of the sequences.
+
+Stage overlap: each prompt is one asyncio task (drafts -> score off the event loop -> refinement
+request), so one prompt's refinements decode while other prompts' drafts still do, and iGRPO
+costs about what GRPO costs. ``igrpo.overlap_stages=false`` runs the stages back to back.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+import torch.distributed as dist
+
+from igrpo_megatron.algorithms.advantages import compute_advantages
+from igrpo_megatron.algorithms.igrpo import (
+    build_prompt_messages,
+    dynamic_sampling_mask,
+    refinement_prompt_ids,
+    select_best_drafts,
+)
+from igrpo_megatron.algorithms.losses import policy_loss
+from igrpo_megatron.batch import TrainBatch
+from igrpo_megatron.config import Config, dump_yaml, validate
+from igrpo_megatron.metrics import MetricsLogger, PromptRollout, generated_tokens, rollout_metrics
+from igrpo_megatron.rewards.base import RewardItem
+
+# ------------------------------------------------------------------------------ rollout (rank 0)
+
+
+@dataclass
+class Prompt:
+    """One training prompt: the question as text and as stage-1 token ids, and the gold answer."""
+
+    index: int
+    question: str
+    answer: str
+    prompt_ids: list[int]
+
+
+class TwoStageRollout:
+    """Stage 1 and stage 2 of one step against the rollout server, on rank 0's event loop.
+
+    ``client.generate(prompt_ids, n, ...)`` returns samples with ``token_ids``, ``logprobs``,
+    ``finish_reason`` and ``weight_version``; ``reward.score_async(items)`` scores in the reward
+    pool, off the event loop, so scoring one prompt's drafts does not stall the decoding of the others.
+    """
+
+    def __init__(self, cfg: Config, client, reward, tokenizer):
+        self.cfg, self.client, self.reward, self.tokenizer = cfg, client, reward, tokenizer
+
+    def _render(self, messages) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    async def _sample_and_score(self, prompt_ids: list[int], n: int, question: str, answer: str):
+        samples = await self.client.generate(prompt_ids, n=n)
+        items = [RewardItem(self.tokenizer.decode(s.token_ids, skip_special_tokens=True), answer, question)
+                 for s in samples]
+        results = await self.reward.score_async(items)
+        return samples, [r.total for r in results], [r.accuracy for r in results]
+
+    async def drafts(self, p: Prompt):
+        """Stage 1: N drafts of ``p``, scored; ``None`` for GRPO."""
+        if self.cfg.igrpo.num_drafts == 0:
+            return None
+        return await self._sample_and_score(p.prompt_ids, self.cfg.igrpo.num_drafts, p.question, p.answer)
+
+    async def refinements(self, p: Prompt, drafts) -> PromptRollout:
+        """Stage 2: G samples conditioned on the best draft (GRPO: on the question itself)."""
+        out = {}
+        prompt_ids = p.prompt_ids
+        if drafts is not None:
+            samples, rewards, accuracy = drafts
+            best = int(select_best_drafts(torch.tensor([rewards]))[0][0])
+            prompt_ids = refinement_prompt_ids(
+                p.question, samples[best].token_ids, render=self._render, encode=self._encode,
+                max_prompt_tokens=self.cfg.rollout.max_prompt_tokens,
+                max_draft_tokens=self.cfg.igrpo.max_draft_tokens)
+            out = dict(draft_ids=[list(s.token_ids) for s in samples], draft_rewards=rewards,
+                       draft_accuracy=accuracy, best_draft=best)
+        samples, rewards, accuracy = await self._sample_and_score(prompt_ids, self.cfg.igrpo.num_refinements,
+                                                                   p.question, p.answer)
+        return PromptRollout(
+            index=p.index, question=p.question, answer=p.answer, prompt_ids=list(prompt_ids),
+            response_ids=[list(s.token_ids) for s in samples],
+            response_logprobs=[list(s.logprobs) for s in samples],
+            rewards=rewards, accuracy=accuracy, truncated=[s.finish_reason == "length" for s in samples],
+            weight_version=min(s.weight_version for s in samples), **out)
+
+    async def _one_prompt(self, p: Prompt) -> PromptRollout:
+        return await self.refinements(p, await self.drafts(p))
+
+    async def run(self, prompts: Sequence[Prompt]) -> list[PromptRollout]:
+        if self.cfg.igrpo.overlap_stages:
+            return list(await asyncio.gather(*(self._one_prompt(p) for p in prompts)))
+        drafts = await asyncio.gather(*(self.drafts(p) for p in prompts))
+        return list(await asyncio.gather(*(self.refinements(p, d) for p, d in zip(prompts, drafts))))
+
+
+# ------------------------------------------------------------------------------ batch building
+
+
+def build_train_batch(groups: Sequence[PromptRollout], cfg: Config, pad_id: int) -> tuple[TrainBatch, dict]:
+    """Rows = stage-2 completions (prompt + response, right-padded); advantages per group.
+
+    Dynamic sampling (DAPO) drops the groups whose rewards are all equal: their advantages are 0
+    and they would only dilute the denominators. The dropped groups are not re-sampled (DAPO
+    over-samples to refill the batch); the metrics report how many were kept.
+    """
+    rewards = torch.tensor([g.rewards for g in groups], dtype=torch.float32)
+    advantages = compute_advantages(rewards, cfg.loss.advantage)
+    keep = dynamic_sampling_mask(rewards) if cfg.loss.dynamic_sampling else torch.ones(len(groups), dtype=torch.bool)
+    rows = [(g.prompt_ids, resp, lps, float(a))
+            for g, adv, k in zip(groups, advantages, keep) if k
+            for resp, lps, a in zip(g.response_ids, g.response_logprobs, adv)]
+    info = {"groups_kept": float(keep.sum()), "advantage_abs_mean": float(advantages.abs().mean())}
+    if not rows:
+        return TrainBatch(torch.empty(0, 0, dtype=torch.long), torch.empty(0, 0), torch.empty(0)), info
+    width = max(len(p) + len(r) for p, r, _, _ in rows)
+    tokens = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(rows), width)
+    rollout_lp = torch.zeros(len(rows), width)
+    for i, (prompt, resp, lps, _) in enumerate(rows):
+        start, end = len(prompt), len(prompt) + len(resp)
+        tokens[i, :end] = torch.tensor(list(prompt) + list(resp))
+        mask[i, start:end] = 1.0
+        rollout_lp[i, start:end] = torch.tensor(lps, dtype=torch.float32)
+    adv = torch.tensor([a for _, _, _, a in rows], dtype=torch.float32)
+    return TrainBatch(tokens=tokens, response_mask=mask, advantages=adv, rollout_logprobs=rollout_lp), info
+
+
+def shard_for_data_parallel(batch: TrainBatch, dp_rank: int, dp_size: int, micro_batch_size: int,
+                            pad_id: int) -> TrainBatch:
+    """This DP rank's rows, after padding the batch with all-masked rows to a multiple of
+    ``dp_size * micro_batch_size`` so every rank runs the same number of micro-batches (the
+    gradient all-reduce and the pipeline schedule need that). Padding rows have mask 0, so they
+    add nothing to the loss, whose denominators are the global counts of real tokens."""
+    rows = len(batch)
+    multiple = dp_size * micro_batch_size
+    padded = -(-rows // multiple) * multiple
+    if padded > rows:
+        extra = padded - rows
+        width = batch.tokens.shape[1]
+        filler = TrainBatch(
+            tokens=torch.full((extra, width), pad_id, dtype=batch.tokens.dtype),
+            response_mask=torch.zeros(extra, width),
+            advantages=torch.zeros(extra),
+            rollout_logprobs=None if batch.rollout_logprobs is None else torch.zeros(extra, width))
+        batch = TrainBatch(**{k: None if getattr(batch, k) is None else torch.cat([getattr(batch, k), getattr(filler, k)])
+                              for k in ("tokens", "response_mask", "advantages", "rollout_logprobs")})
+    per_rank = padded // dp_size
+    return batch.select(slice(dp_rank * per_rank, (dp_rank + 1) * per_rank))
+
+
+def broadcast_object(obj, src: int = 0):
+    """Rank ``src``'s Python object on every rank (pickled over the default group)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+# ------------------------------------------------------------------------------ the loop
+
+
+class Trainer:
+    """Builds every room of a run once, then :meth:`fit` repeats :meth:`step`.
+
+    Construct it on every rank. Rank 0 additionally owns the rollout server (launched here unless
+    ``rollout.server_urls`` names running ones), its client, the refitter and the reward pool.
+    Use it as a context manager so the server and the pool are shut down on any exit.
+    """
+
+    def __init__(self, cfg: Config):
+        from igrpo_megatron.models import Policy, initialize_parallel, load_hf_config
+
+        self.cfg = cfg
+        self.par = initialize_parallel(cfg.parallel, cfg.train.seed)
+        self.is_driver = self.par.rank == 0
+        self.hf_cfg = load_hf_config(cfg.model.hf_path)
+        validate(cfg, world_size=self.par.world_size, num_attention_heads=self.hf_cfg.num_attention_heads,
+                 num_query_groups=self.hf_cfg.num_kv_heads)
+        self.tokenizer = _load_tokenizer(cfg)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.policy = Policy(cfg, self.hf_cfg)
+        self.reference = Policy(cfg, self.hf_cfg, frozen=True) if cfg.loss.kl_beta > 0 else None
+        self.step_idx = 0
+        self.weight_version = 0
+        self.prompts = None
+        self.logger: Optional[MetricsLogger] = None
+        self._server = None
+        self.run_dir = cfg.train.output_dir
+        self._resume()
+        if self.is_driver:
+            self._start_driver()
+        self.refit()  # the server starts from hf_path; from here on it serves the policy's weights
+
+    # -- set-up and tear-down
+
+    def _start_driver(self) -> None:
+        from igrpo_megatron.rewards import make_reward
+        from igrpo_megatron.rollout import launch_server, make_client, make_refitter
+
+        os.makedirs(self.run_dir, exist_ok=True)
+        with open(os.path.join(self.run_dir, "config.yaml"), "w", encoding="utf-8") as f:
+            f.write(dump_yaml(self.cfg))
+        self.logger = MetricsLogger(self.run_dir, tensorboard=self.cfg.train.tensorboard)
+        r = self.cfg.rollout
+        urls = list(r.server_urls)
+        if not urls:
+            self._server = launch_server(r, self.cfg.model.hf_path)
+            urls = [self._server.url]
+        self.client = make_client(r, urls)
+        self.refitter = make_refitter(r, urls)
+        self.reward = make_reward(self.cfg.reward)
+        self.rollout = TwoStageRollout(self.cfg, self.client, self.reward, self.tokenizer)
+
+    def close(self) -> None:
+        if self.is_driver:
+            for part in (getattr(self, "reward", None), getattr(self, "client", None), self._server, self.logger):
+                if part is not None:
+                    part.close()
+
+    def __enter__(self) -> "Trainer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- checkpoints
+
+    def _resume(self) -> None:
+        from igrpo_megatron.checkpoint import find_latest, load_checkpoint
+        from igrpo_megatron.data import load_prompts
+
+        self.prompts = load_prompts(self.cfg.data) if self.is_driver else None
+        latest = find_latest(self.run_dir) if self.cfg.train.resume else None
+        if latest is None:
+            return
+        extra = load_checkpoint(latest, self.policy)
+        self.step_idx = int(extra["step"])
+        self.weight_version = int(extra["weight_version"])
+        if self.is_driver:
+            self.prompts.load_state_dict(extra["data"])
+
+    def _save(self) -> None:
+        from igrpo_megatron.checkpoint import save_checkpoint
+
+        extra = {"step": self.step_idx, "weight_version": self.weight_version,
+                 "data": self.prompts.state_dict() if self.is_driver else None}
+        save_checkpoint(self.run_dir, self.step_idx, self.policy, extra_state=extra, keep_last=self.cfg.train.keep_last)
+
+    # -- the pieces of a step
+
+    def next_prompts(self) -> list[Prompt]:
+        """``train.prompts_per_step`` prompts, rendered as stage-1 token ids (rank 0)."""
+        out = []
+        for _ in range(self.cfg.train.prompts_per_step):
+            item = next(self.prompts)
+            ids = self.tokenizer.apply_chat_template(build_prompt_messages(item.question), tokenize=True,
+                                                     add_generation_prompt=True)
+            out.append(Prompt(item.index, item.question, item.answer, list(ids)))
+        return out
+
+    def refit(self) -> float:
+        """Push the policy's weights to the rollout server as version ``weight_version`` (collective)."""
+        from igrpo_megatron.weights import export_hf_weights
+
+        t0 = time.time()
+        buckets = export_hf_weights(self.policy.model_chunks, self.hf_cfg,
+                                    self.cfg.rollout.refit_bucket_mb << 20)
+        if self.is_driver:
+            self.refitter.update(buckets, version=self.weight_version)
+        else:
+            for _ in buckets:  # non-zero ranks take part in the gathers; rank 0 receives the tensors
+                pass
+        dist.barrier()
+        return time.time() - t0
+
+    def loss_fn(self, counts: dict):
+        """The clipped policy-gradient loss of a micro-batch, with the step's global counts."""
+
+        def fn(logprobs, micro: TrainBatch, entropy=None):
+            return policy_loss(logprobs, micro.old_logprobs, micro.advantages, micro.response_mask, self.cfg.loss,
+                               ref_logprobs=micro.ref_logprobs, rollout_logprobs=micro.rollout_logprobs,
+                               entropy=entropy, num_sequences=counts["num_sequences"],
+                               num_tokens=counts["num_tokens"])
+
+        return fn
+
+    def update(self, batch: TrainBatch) -> tuple[dict, float, float]:
+        """Old/reference logprobs, then ``ppo_epochs x mini_batches`` optimizer steps on this DP shard."""
+        t = self.cfg.train
+        t0 = time.time()
+        shard = shard_for_data_parallel(batch, self.par.dp_rank, self.par.dp_size, t.micro_batch_size, self.pad_id)
+        shard.old_logprobs = self.policy.compute_logprobs(shard)
+        if self.reference is not None:
+            shard.ref_logprobs = self.reference.compute_logprobs(shard)
+        t_logprobs = time.time() - t0
+        t0 = time.time()
+        metrics: dict[str, float] = {}
+        rows = len(shard)
+        per_mini = rows // t.mini_batches
+        for _ in range(t.ppo_epochs):
+            for m in range(t.mini_batches):
+                mini = shard.select(slice(m * per_mini, rows if m == t.mini_batches - 1 else (m + 1) * per_mini))
+                metrics = self.policy.train_step(mini, self.loss_fn(_global_counts(mini)))
+        return metrics, t_logprobs, time.time() - t0
+
+    def step(self) -> dict:
+        """One iteration; returns its metrics record (on every rank; rank 0 logs it)."""
+        t_step = time.time()
+        groups, t_rollout = None, 0.0
+        if self.is_driver:
+            prompts = self.next_prompts()
+            t0 = time.time()
+            groups = asyncio.run(self.rollout.run(prompts))
+            t_rollout = time.time() - t0
+        groups = broadcast_object(groups)
+        batch, batch_info = build_train_batch(groups, self.cfg, self.pad_id)
+        train_metrics, t_logprobs, t_train = ({}, 0.0, 0.0) if len(batch) == 0 else self.update(batch)
+        self.step_idx += 1
+        self.weight_version += 1
+        t_refit = self.refit()
+        record = {"step": self.step_idx, "weight_version": self.weight_version}
+        if self.is_driver:
+            record.update(rollout_metrics(groups, self.cfg.igrpo.num_drafts))
+            record.update(batch_info)
+            record.update(_train_record(train_metrics))
+            elapsed = time.time() - t_step
+            record.update(time_rollout_s=t_rollout, time_logprobs_s=t_logprobs, time_train_s=t_train,
+                          time_refit_s=t_refit, time_step_s=elapsed,
+                          tokens_per_s=generated_tokens(groups) / max(t_rollout, 1e-9),
+                          rollout_weight_version=min(g.weight_version for g in groups))
+            self.logger.log(record)
+        if self.cfg.train.save_every and self.step_idx % self.cfg.train.save_every == 0:
+            self._save()
+        return record
+
+    def total_steps(self) -> int:
+        if self.cfg.train.max_steps is not None:
+            return self.cfg.train.max_steps
+        n = broadcast_object(len(self.prompts) if self.is_driver else None)
+        return self.cfg.train.epochs * n // self.cfg.train.prompts_per_step
+
+    def fit(self) -> None:
+        total = self.total_steps()
+        while self.step_idx < total:
+            self.step()
+        if self.cfg.train.save_every and self.step_idx % self.cfg.train.save_every != 0:
+            self._save()  # the last step is always resumable
+
+
+def _global_counts(mini: TrainBatch) -> dict:
+    """Real (non-padding) sequences and response tokens of one optimizer step over all DP ranks."""
+    counts = torch.tensor([float((mini.response_mask.sum(1) > 0).sum()), float(mini.response_mask.sum())])
+    if dist.is_initialized():
+        from megatron.core import parallel_state as ps
+
+        dist.all_reduce(counts, group=ps.get_data_parallel_group())
+    return {"num_sequences": counts[0].clamp_min(1), "num_tokens": counts[1].clamp_min(1)}
+
+
+def _train_record(m: dict) -> dict:
+    """The loss metrics under the names of :data:`~igrpo_megatron.metrics.STEP_FIELDS`."""
+    get = lambda k: float(m[k]) if k in m else 0.0  # noqa: E731
+    rec = {k: float(v) for k, v in m.items()}
+    rec.update(entropy=get("entropy"), kl=get("approx_kl"), logprob_mismatch=get("mismatch_abs_diff"),
+               clip_frac=get("clip_frac_low") + get("clip_frac_high"))
+    return rec
+
+
+def _load_tokenizer(cfg: Config):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(cfg.model.tokenizer_path or cfg.model.hf_path)
+
+
+def train(cfg: Config) -> None:
+    """``igrpo-train``'s body, on every rank."""
+    with Trainer(cfg) as trainer:
+        trainer.fit()

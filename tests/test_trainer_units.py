@@ -1,0 +1,90 @@
+"""The trainer's own pure pieces: rollout metrics, batch building, DP sharding, plots (hand-computed)."""
+import json
+import math
+import os
+
+import pytest
+import torch
+
+from igrpo_megatron.config import load_config
+from igrpo_megatron.metrics import PromptRollout, read_metrics, rollout_metrics
+from igrpo_megatron.trainer import build_train_batch, shard_for_data_parallel
+
+
+def _group(index, drafts_acc, best, acc, prompt_len=3, resp_len=2):
+    return PromptRollout(
+        index=index, question="q", answer="1", prompt_ids=list(range(10, 10 + prompt_len)),
+        response_ids=[[5 + j] * resp_len for j in range(len(acc))],
+        response_logprobs=[[-0.5] * resp_len for _ in acc],
+        rewards=[a + 1.0 for a in acc], accuracy=list(acc), truncated=[False] * len(acc),
+        draft_ids=[[1, 2]] * len(drafts_acc), draft_rewards=[a + 1.0 for a in drafts_acc],
+        draft_accuracy=list(drafts_acc), best_draft=best)
+
+
+def test_rollout_metrics_hand_computed():
+    groups = [
+        _group(0, [0, 1, 0, 0], 1, [1, 1, 0, 1]),  # best draft right; 1 of 4 refinements breaks it
+        _group(1, [0, 0, 0, 0], 0, [1, 0, 0, 0]),  # best draft wrong; 1 of 4 fixes it
+    ]
+    m = rollout_metrics(groups, num_drafts=4)
+    assert m["draft_acc"] == pytest.approx(1 / 8)
+    assert m["best_draft_acc"] == pytest.approx(0.5)
+    assert m["best_draft_acc_bound"] == pytest.approx(1 - (7 / 8) ** 4)
+    assert m["refine_acc"] == pytest.approx(4 / 8)
+    assert m["trans_wrong_to_right"] == pytest.approx(0.25)
+    assert m["trans_right_to_wrong"] == pytest.approx(0.25)
+    rewards = [2, 2, 1, 2, 2, 1, 1, 1]
+    mean = sum(rewards) / 8
+    assert m["reward_mean"] == pytest.approx(mean)
+    assert m["reward_std"] == pytest.approx(math.sqrt(sum((r - mean) ** 2 for r in rewards) / 7))
+    assert m["zero_var_frac"] == 0.0
+    assert m["draft_len_mean"] == 2.0 and m["response_len_mean"] == 2.0 and m["prompt_len_mean"] == 3.0
+
+
+def test_train_batch_layout_and_dynamic_sampling():
+    cfg = load_config(None, ["data.preset=synthetic", "igrpo.num_drafts=2", "igrpo.num_refinements=2",
+                             "igrpo.group_budget=4", "loss.dynamic_sampling=true"])
+    groups = [_group(0, [0, 1], 1, [1, 0], prompt_len=3, resp_len=2),
+              _group(1, [0, 0], 0, [0, 0], prompt_len=4, resp_len=1)]  # zero variance: dropped
+    batch, info = build_train_batch(groups, cfg, pad_id=0)
+    assert info["groups_kept"] == 1.0
+    assert batch.tokens.tolist() == [[10, 11, 12, 5, 5], [10, 11, 12, 6, 6]]
+    assert batch.response_mask.tolist() == [[0, 0, 0, 1, 1]] * 2
+    # grpo: (r - mean) / sample std over [2, 1] -> [+0.7071, -0.7071]
+    assert batch.advantages.tolist() == pytest.approx([1 / math.sqrt(2), -1 / math.sqrt(2)])
+    assert batch.rollout_logprobs[0].tolist() == [0, 0, 0, -0.5, -0.5]
+
+    cfg.loss.dynamic_sampling = False
+    batch, info = build_train_batch(groups, cfg, pad_id=0)
+    assert len(batch) == 4 and batch.tokens.shape[1] == 5
+    assert batch.response_mask[2].tolist() == [0, 0, 0, 0, 1] and batch.advantages[2:].tolist() == [0, 0]
+
+
+def test_dp_shards_are_equal_and_padding_is_masked():
+    cfg = load_config(None, ["data.preset=synthetic"])
+    groups = [_group(0, [0, 1, 0, 0], 1, [1, 0, 1, 0]), _group(1, [0, 1, 0, 0], 1, [1, 0, 0, 0])]
+    batch, _ = build_train_batch(groups, cfg, pad_id=0)  # 8 rows
+    shards = [shard_for_data_parallel(batch.select(slice(0, 7)), r, 2, 3, pad_id=0) for r in range(2)]
+    assert [len(s) for s in shards] == [6, 6]  # 7 rows -> padded to 12
+    assert sum(float(s.response_mask.sum()) for s in shards) == float(batch.response_mask[:7].sum())
+    assert torch.equal(shards[0].tokens, batch.tokens[:6])
+    assert float(shards[1].response_mask[1:].sum()) == 0.0  # rows 7.. are padding
+
+
+def test_plot_writes_pngs(tmp_path):
+    from igrpo_megatron.cli.plot import main
+
+    with open(tmp_path / "metrics.jsonl", "w") as f:
+        for step in (1, 2, 3):
+            f.write(json.dumps({"step": step, "reward_mean": 0.1 * step, "refine_acc": 0.2 * step,
+                                "draft_acc": 0.1, "best_draft_acc": 0.3, "best_draft_acc_bound": 0.34,
+                                "entropy": 1.0 / step, "trans_wrong_to_right": 0.1,
+                                "trans_right_to_wrong": 0.05}) + "\n")
+        f.write(json.dumps({"step": 2, "reward_mean": 9.0}) + "\n")  # a resumed run repeats step 2
+    assert [r["reward_mean"] for r in read_metrics(str(tmp_path))] == [0.1, 9.0, pytest.approx(0.3)]
+    assert main([str(tmp_path)]) == 0
+    for name in ("reward", "accuracy", "entropy", "transitions"):
+        path = tmp_path / "plots" / f"{name}.png"
+        assert path.stat().st_size > 1000
+        assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert main([str(tmp_path / "missing")]) == 2
