@@ -1,0 +1,147 @@
+"""The iGRPO wrapper's pieces: best-draft selection, prompts, draft fitting, budget, dynamic sampling."""
+import pytest
+import torch
+
+from igrpo_megatron.algorithms import (
+    SYSTEM_PROMPT,
+    build_prompt_messages,
+    build_refinement_messages,
+    dynamic_sampling_mask,
+    fit_draft,
+    refinement_prompt_ids,
+    rollout_budget,
+    select_best_drafts,
+)
+from igrpo_megatron.algorithms.igrpo import DEFAULT_TEMPLATE
+
+
+def test_select_best_drafts_ties_and_all_zero():
+    rewards = torch.tensor([
+        [0.0, 1.0, 1.0, 0.0],  # tie between 1 and 2 -> the earliest, 1
+        [0.0, 0.0, 0.0, 0.0],  # all wrong -> draft 0, reported
+        [0.5, 2.0, 0.3, 2.0],  # tie at 2.0 -> 1
+        [1.0, 1.0, 1.0, 1.0],  # all equal but rewarded -> 0, not all_zero
+        [0.0, 0.0, 0.0, 2.0],  # unique max last
+    ])
+    indices, all_zero = select_best_drafts(rewards)
+    assert indices.tolist() == [1, 0, 1, 0, 3]
+    assert all_zero.tolist() == [False, True, False, False, False]
+    assert indices.dtype == torch.int64
+
+
+def test_select_best_drafts_rejects_nan_and_bad_shape():
+    with pytest.raises(ValueError, match="NaN"):
+        select_best_drafts(torch.tensor([[1.0, float("nan")]]))
+    with pytest.raises(ValueError, match="num_prompts, num_drafts"):
+        select_best_drafts(torch.ones(4))
+
+
+def test_best_of_n_matches_the_papers_proposition():
+    # binary rewards, i.i.d. drafts with success p: E[R(best)] = 1 - (1 - p)^N = 1 - .7^4 = .7599
+    g = torch.Generator().manual_seed(0)
+    rewards = (torch.rand(20000, 4, generator=g) < 0.3).float()
+    indices, all_zero = select_best_drafts(rewards)
+    best = rewards.gather(1, indices[:, None]).squeeze(1)
+    assert best.mean().item() == pytest.approx(0.7599, abs=0.01)  # ~3 standard errors
+    assert all_zero.float().mean().item() == pytest.approx(0.2401, abs=0.01)
+    assert torch.equal(best == 0, all_zero)
+
+
+def test_dynamic_sampling_drops_zero_variance_groups():
+    rewards = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 1.0], [2.0, 2.0, 2.0], [0.3, 0.3, 0.3], [0.3, 0.3, 0.31]])
+    assert dynamic_sampling_mask(rewards).tolist() == [False, True, False, False, True]
+
+
+def test_rollout_budget():
+    b = rollout_budget(4, 4, num_prompts=16)
+    assert (b.drafts, b.refinements, b.total, b.per_prompt) == (64, 64, 128, 8)
+    grpo = rollout_budget(0, 8, num_prompts=16)
+    assert (grpo.drafts, grpo.refinements, grpo.total) == (0, 128, 128)
+    with pytest.raises(ValueError):
+        rollout_budget(-1, 4)
+
+
+def test_prompt_messages_wording_and_draft_delimiting():
+    stage1 = build_prompt_messages("What is 2+3?")
+    assert stage1 == [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": "What is 2+3?"}]
+    for needle in ("<think>", "</think>", "<answer>", "</answer>", "guidance", "draft"):
+        assert needle in SYSTEM_PROMPT
+
+    draft = "<think> 2+3=6 </think> <answer> 6 </answer>"
+    system, user = build_refinement_messages("What is 2+3?", draft)
+    assert system == {"role": "system", "content": SYSTEM_PROMPT}
+    text = user["content"]
+    assert text.startswith("What is 2+3?")  # q' = q followed by the draft
+    assert f"<draft>\n{draft}\n</draft>" in text and text.count("<draft>") == 1
+    custom = build_refinement_messages("q", "d", system_prompt="Be brief.")
+    assert custom[0]["content"] == "Be brief."
+
+
+def test_fit_draft_keeps_head_and_tail():
+    draft = list(range(100))
+    marker = [-1, -1]
+    assert fit_draft(draft, prompt_len=30, max_prompt_tokens=200, elision_ids=marker) == draft
+    # budget 60 - 30 = 30, room 28 for text: head int(28 * .25) = 7, tail 21
+    out = fit_draft(draft, prompt_len=30, max_prompt_tokens=60, elision_ids=marker)
+    assert out == list(range(7)) + marker + list(range(79, 100))
+    # max_draft_tokens tightens the budget to 10: room 8, head 2, tail 6
+    out = fit_draft(draft, prompt_len=30, max_prompt_tokens=200, elision_ids=marker, max_draft_tokens=10)
+    assert out == [0, 1, -1, -1, 94, 95, 96, 97, 98, 99]
+    with pytest.raises(ValueError, match="takes 59 of 60 tokens"):
+        fit_draft(draft, prompt_len=59, max_prompt_tokens=60, elision_ids=marker)
+
+
+def _char_encode(text):  # a character-level "tokenizer": one id per character
+    return [ord(c) for c in text]
+
+
+def _render(messages):
+    return "".join(f"<|{m['role']}|>{m['content']}" for m in messages) + "<|assistant|>"
+
+
+def test_refinement_prompt_ids_splices_the_sampled_draft_tokens():
+    question = "Compute 17*3."
+    short = "<think> 17*3 = 51 </think> <answer> 51 </answer>"
+    ids = refinement_prompt_ids(question, _char_encode(short), render=_render, encode=_char_encode,
+                                max_prompt_tokens=1000)
+    assert "".join(map(chr, ids)) == _render(build_refinement_messages(question, short))
+
+    budget = len(_render(build_refinement_messages(question, ""))) + 200  # room for 200 draft chars
+    long = "<think> " + "abcdefghij" * 50 + " so 17*3 = 51 </think> <answer> 51 </answer>"
+    ids = refinement_prompt_ids(question, _char_encode(long), render=_render, encode=_char_encode,
+                                max_prompt_tokens=budget)
+    assert len(ids) == budget  # filled exactly
+    text = "".join(map(chr, ids))
+    head, rest = text.split("<draft>\n")[1].split(DEFAULT_TEMPLATE.elision)
+    assert long.startswith(head) and len(head) > 0
+    kept_tail = rest.split("\n</draft>")[0]
+    assert long.endswith(kept_tail) and kept_tail.endswith("<answer> 51 </answer>")
+    room = 200 - len(DEFAULT_TEMPLATE.elision)
+    assert (len(head), len(kept_tail)) == (room // 4, room - room // 4)
+    assert text.endswith("improves on the draft.<|assistant|>")
+
+
+def test_refinement_prompt_ids_with_a_real_chat_tokenizer(tmp_path):
+    from igrpo_megatron.tiny import make_tokenizer
+
+    tok = make_tokenizer(str(tmp_path))
+
+    def render(messages):
+        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def encode(text):
+        return tok.encode(text, add_special_tokens=False)
+
+    question = "What is 12 * 7?"
+    draft = "<think>12 * 7 = 74</think> <answer>74</answer>"
+    ids = refinement_prompt_ids(question, encode(draft), render=render, encode=encode, max_prompt_tokens=4096)
+    assert tok.decode(ids) == render(build_refinement_messages(question, draft))
+    assert ids[0] == tok.convert_tokens_to_ids("<|im_start|>")  # special tokens survive the split
+
+    long_draft = "<think>" + " 12 * 7 = 84." * 200 + "</think> <answer>84</answer>"
+    full = len(encode(render(build_refinement_messages(question, ""))))
+    ids = refinement_prompt_ids(question, encode(long_draft), render=render, encode=encode,
+                                max_prompt_tokens=full + 120)
+    assert len(ids) == full + 120  # the budget is met exactly
+    text = tok.decode(ids)
+    assert "middle of the draft omitted" in text and "<answer>84</answer>\n</draft>" in text
