@@ -1,0 +1,260 @@
+"""The one Megatron <-> Hugging Face weight mapping: names and tensor layouts, per architecture.
+
+A Megatron parameter is related to HF tensors in two independent steps, and each step is one
+small pure function here:
+
+1. **layout** (HF tensors <-> the Megatron *full* tensor, i.e. what TP=1 would hold):
+   - ``COPY``: the same tensor under another name (norms, o_proj, down_proj);
+   - ``QKV``: q/k/v are fused into ``linear_qkv`` *per query group*: for each KV head, its
+     ``num_heads / num_kv_heads`` query heads, then its key head, then its value head
+     (``[q_g0.., k_g0, v_g0, q_g1.., k_g1, v_g1, ...]``), for the weight and the bias alike;
+   - ``STACK``: ``linear_fc1 = [gate_proj; up_proj]`` along dim 0;
+   - ``VOCAB``: the embedding / lm_head rows, padded with zero rows up to Megatron's TP-divisible
+     vocabulary on import, the padding stripped on export.
+2. **TP split** (the Megatron full tensor <-> this rank's shard): column-parallel layers are cut
+   along dim 0, row-parallel ones along dim 1, norms are replicated. ``linear_fc1`` is cut *per
+   half*: rank r holds ``[gate_r; up_r]``, not rows ``r/tp`` of ``[gate; up]`` (a naive dim-0 split
+   of the fused tensor mixes gate and up rows and breaks SwiGLU). ``linear_qkv``'s contiguous dim-0
+   split is right because each rank owns whole query groups (``num_kv_heads % tp == 0``).
+
+The table names Megatron parameters as a GPTModel at TP=1/PP=1 would, with a *global* layer
+index; pipeline stages translate their local layer numbers before looking up (see
+``igrpo_megatron.weights.export``). Both the local layer spec (separate ``input_layernorm`` /
+``pre_mlp_layernorm`` modules) and Transformer Engine's spec (norms fused into
+``linear_qkv.layer_norm_weight`` / ``linear_fc1.layer_norm_weight``) are covered by name.
+Biases appear in the table once; a rule applies only to the parameters a model actually has, so
+Qwen2 (q/k/v biases) and Llama (none, unless ``attention_bias``) share one table.
+"""
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+from typing import Callable, Mapping, Optional, Sequence
+
+import torch
+
+
+class Layout(enum.Enum):
+    COPY = "copy"
+    QKV = "qkv"
+    STACK = "stack"
+    VOCAB = "vocab"
+
+
+@dataclass(frozen=True)
+class TPSplit:
+    """How a Megatron full tensor is cut across tensor-parallel ranks.
+
+    ``dim=None`` means replicated. ``parts > 1`` means the tensor stacks ``parts`` equal blocks
+    along ``dim`` and every block is split separately (``linear_fc1 = [gate; up]``).
+    """
+
+    dim: Optional[int]
+    parts: int = 1
+
+
+REPLICATED = TPSplit(None)
+COLUMN = TPSplit(0)
+ROW = TPSplit(1)
+COLUMN_PER_HALF = TPSplit(0, parts=2)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One Megatron parameter: the HF tensors it is made of (``{}`` is the layer index), how."""
+
+    hf: tuple[str, ...]
+    layout: Layout
+    split: TPSplit
+
+
+_LAYER = "model.layers.{}."
+_ATTN_NORM = Rule((_LAYER + "input_layernorm.weight",), Layout.COPY, REPLICATED)
+_MLP_NORM = Rule((_LAYER + "post_attention_layernorm.weight",), Layout.COPY, REPLICATED)
+
+#: Qwen2 and Llama name their tensors identically and differ only in config (q/k/v biases,
+#: tied embeddings), which the model's parameter set already carries; so they share this table.
+DECODER_TABLE: Mapping[str, Rule] = {
+    "embedding.word_embeddings.weight": Rule(("model.embed_tokens.weight",), Layout.VOCAB, COLUMN),
+    "decoder.final_layernorm.weight": Rule(("model.norm.weight",), Layout.COPY, REPLICATED),
+    "output_layer.weight": Rule(("lm_head.weight",), Layout.VOCAB, COLUMN),
+    "decoder.layers.{}.input_layernorm.weight": _ATTN_NORM,
+    "decoder.layers.{}.self_attention.linear_qkv.layer_norm_weight": _ATTN_NORM,  # TE spec
+    "decoder.layers.{}.self_attention.linear_qkv.weight": Rule(
+        tuple(_LAYER + f"self_attn.{p}_proj.weight" for p in "qkv"), Layout.QKV, COLUMN),
+    "decoder.layers.{}.self_attention.linear_qkv.bias": Rule(
+        tuple(_LAYER + f"self_attn.{p}_proj.bias" for p in "qkv"), Layout.QKV, COLUMN),
+    "decoder.layers.{}.self_attention.linear_proj.weight": Rule(
+        (_LAYER + "self_attn.o_proj.weight",), Layout.COPY, ROW),
+    "decoder.layers.{}.pre_mlp_layernorm.weight": _MLP_NORM,
+    "decoder.layers.{}.mlp.linear_fc1.layer_norm_weight": _MLP_NORM,  # TE spec
+    "decoder.layers.{}.mlp.linear_fc1.weight": Rule(
+        (_LAYER + "mlp.gate_proj.weight", _LAYER + "mlp.up_proj.weight"), Layout.STACK, COLUMN_PER_HALF),
+    "decoder.layers.{}.mlp.linear_fc2.weight": Rule((_LAYER + "mlp.down_proj.weight",), Layout.COPY, ROW),
+}
+
+#: HF ``model_type`` -> table.
+ARCHITECTURES: Mapping[str, Mapping[str, Rule]] = {"qwen2": DECODER_TABLE, "llama": DECODER_TABLE}
+
+#: HF tensors that carry no weights of their own (recomputed buffers in old checkpoints).
+IGNORED_HF_SUFFIXES = ("rotary_emb.inv_freq",)
+
+_LAYER_INDEX = re.compile(r"^decoder\.layers\.(\d+)\.")
+
+
+class WeightMappingError(ValueError):
+    """A model / checkpoint pair the mapping cannot relate; the message names the tensor."""
+
+
+# ------------------------------------------------------------------------------ TP split
+
+
+def shard(full: torch.Tensor, split: TPSplit, tp_size: int, tp_rank: int) -> torch.Tensor:
+    """This TP rank's piece of a Megatron full tensor (a view where possible)."""
+    if split.dim is None or tp_size == 1:
+        return full
+    blocks = full.chunk(split.parts, dim=split.dim)
+    pieces = [b.chunk(tp_size, dim=split.dim)[tp_rank] for b in blocks]
+    return pieces[0] if split.parts == 1 else torch.cat(pieces, dim=split.dim)
+
+
+def unshard(shards: Sequence[torch.Tensor], split: TPSplit) -> torch.Tensor:
+    """The Megatron full tensor from all TP ranks' pieces, in rank order (inverse of :func:`shard`)."""
+    if split.dim is None or len(shards) == 1:
+        return shards[0]
+    per_rank = [s.chunk(split.parts, dim=split.dim) for s in shards]
+    return torch.cat([piece[p] for p in range(split.parts) for piece in per_rank], dim=split.dim)
+
+
+# ------------------------------------------------------------------------------ layouts
+
+
+@dataclass(frozen=True)
+class AttentionDims:
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+
+    @property
+    def q_per_group(self) -> int:
+        return self.num_heads // self.num_kv_heads
+
+
+def to_megatron(layout: Layout, hf: Sequence[torch.Tensor], dims: AttentionDims,
+                rows: Optional[int] = None) -> torch.Tensor:
+    """HF tensors -> the Megatron full tensor. ``rows``: the padded vocabulary (``VOCAB`` only)."""
+    if layout is Layout.COPY:
+        return hf[0]
+    if layout is Layout.STACK:
+        return torch.cat(list(hf), dim=0)
+    if layout is Layout.QKV:
+        q, k, v = hf
+        ng, hd, rest = dims.num_kv_heads, dims.head_dim, q.shape[1:]
+        grouped = [q.reshape(ng, dims.q_per_group * hd, *rest), k.reshape(ng, hd, *rest), v.reshape(ng, hd, *rest)]
+        return torch.cat(grouped, dim=1).reshape(-1, *rest)
+    if layout is Layout.VOCAB:
+        table = hf[0]
+        assert rows is not None and rows >= table.shape[0], (rows, table.shape)
+        if rows == table.shape[0]:
+            return table
+        return torch.cat([table, table.new_zeros(rows - table.shape[0], *table.shape[1:])])
+    raise AssertionError(layout)
+
+
+def to_hf(layout: Layout, full: torch.Tensor, dims: AttentionDims, vocab_size: Optional[int] = None,
+          n_hf: int = 1) -> list[torch.Tensor]:
+    """The Megatron full tensor -> its HF tensors, in the rule's order (inverse of :func:`to_megatron`).
+
+    Results are contiguous; a ``COPY`` result may alias ``full``.
+    """
+    if layout is Layout.COPY:
+        return [full.contiguous()]
+    if layout is Layout.STACK:
+        return [t.contiguous() for t in full.chunk(n_hf, dim=0)]
+    if layout is Layout.QKV:
+        ng, hd, rest = dims.num_kv_heads, dims.head_dim, full.shape[1:]
+        grouped = full.reshape(ng, (dims.q_per_group + 2) * hd, *rest)
+        q, k, v = grouped.split([dims.q_per_group * hd, hd, hd], dim=1)
+        return [q.reshape(dims.num_heads * hd, *rest).contiguous(),
+                k.reshape(ng * hd, *rest).contiguous(), v.reshape(ng * hd, *rest).contiguous()]
+    if layout is Layout.VOCAB:
+        assert vocab_size is not None and vocab_size <= full.shape[0], (vocab_size, full.shape)
+        return [full[:vocab_size].contiguous()]
+    raise AssertionError(layout)
+
+
+# ------------------------------------------------------------------------------ the model-level map
+
+
+class WeightMap:
+    """The mapping for one HF config: table lookup by global Megatron name plus the dims it needs.
+
+    ``hf_cfg`` is :class:`igrpo_megatron.models.provider.HFModelConfig` (``load_hf_config``).
+    ``table`` overrides the architecture's table (tests use it for a deliberately wrong layout).
+    """
+
+    def __init__(self, hf_cfg, table: Optional[Mapping[str, Rule]] = None):
+        if table is None:
+            if hf_cfg.model_type not in ARCHITECTURES:
+                raise WeightMappingError(
+                    f"no weight mapping for model_type {hf_cfg.model_type!r}; supported: {sorted(ARCHITECTURES)}")
+            table = ARCHITECTURES[hf_cfg.model_type]
+        self.table = table
+        self.dims = AttentionDims(hf_cfg.num_attention_heads, hf_cfg.num_kv_heads, hf_cfg.head_dim)
+        self.vocab_size = hf_cfg.vocab_size
+        self.tied = hf_cfg.tie_word_embeddings
+
+    def rule(self, name: str) -> tuple[Rule, tuple[str, ...]]:
+        """The rule for a global Megatron parameter name and its concrete HF names."""
+        m = _LAYER_INDEX.match(name)
+        key = _LAYER_INDEX.sub("decoder.layers.{}.", name) if m else name
+        rule = self.table.get(key)
+        if rule is None:
+            raise WeightMappingError(f"Megatron parameter {name!r} has no HF counterpart in the weight mapping")
+        layer = m.group(1) if m else None
+        return rule, tuple(h.format(layer) for h in rule.hf)
+
+    def exported(self, name: str) -> bool:
+        """False for the last stage's copy of a tied output layer (HF stores it once, as embed_tokens)."""
+        return not (self.tied and name == "output_layer.weight")
+
+    def hf_sources(self, name: str) -> tuple[str, ...]:
+        """HF tensors to read for ``name`` on import (a tied output layer reads embed_tokens)."""
+        if self.tied and name == "output_layer.weight":
+            return ("model.embed_tokens.weight",)
+        return self.rule(name)[1]
+
+    def to_hf(self, name: str, full: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+        rule, hf_names = self.rule(name)
+        return list(zip(hf_names, to_hf(rule.layout, full, self.dims, self.vocab_size, len(hf_names))))
+
+    def to_megatron(self, name: str, read: Callable[[str], torch.Tensor], rows: int) -> torch.Tensor:
+        """The Megatron full tensor for ``name``; ``read(hf_name)`` supplies HF tensors, ``rows`` is
+        dim 0 of the full tensor (used for the padded vocabulary)."""
+        rule, _ = self.rule(name)
+        return to_megatron(rule.layout, [read(h) for h in self.hf_sources(name)], self.dims, rows)
+
+    def split(self, name: str) -> TPSplit:
+        return self.rule(name)[0].split
+
+    def optional_hf(self, hf_name: str) -> bool:
+        """HF tensors an import may leave unread: recomputed buffers, a tied lm_head saved anyway."""
+        return hf_name.endswith(IGNORED_HF_SUFFIXES) or (self.tied and hf_name == "lm_head.weight")
+
+
+
+def global_parameters(model_chunks) -> list[tuple[str, torch.nn.Parameter]]:
+    """This rank's parameters under their TP=1/PP=1 names: wrappers (DDP, Float16Module) removed
+    and each pipeline stage's local layer index replaced by the global one (``layer_number - 1``)."""
+    out = []
+    for chunk in model_chunks:
+        while hasattr(chunk, "module"):
+            chunk = chunk.module
+        global_index = {j: layer.layer_number - 1 for j, layer in enumerate(chunk.decoder.layers)}
+        for name, param in chunk.named_parameters():
+            m = _LAYER_INDEX.match(name)
+            if m:
+                name = f"decoder.layers.{global_index[int(m.group(1))]}.{name[m.end():]}"
+            out.append((name, param))
+    return out
