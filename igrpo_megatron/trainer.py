@@ -67,13 +67,14 @@ class TwoStageRollout:
     def __init__(self, cfg: Config, client, reward, tokenizer):
         self.cfg, self.client, self.reward, self.tokenizer = cfg, client, reward, tokenizer
 
-    def _render(self, messages) -> str:
+    def render(self, messages) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    def _encode(self, text: str) -> list[int]:
+    def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
-    async def _sample_and_score(self, prompt_ids: list[int], n: int, question: str, answer: str):
+    async def sample_and_score(self, prompt_ids: list[int], n: int, question: str, answer: str):
+        """``n`` samples of one prompt and their ``(samples, rewards, accuracy)``."""
         samples = await self.client.generate(prompt_ids, n=n)
         items = [RewardItem(self.tokenizer.decode(s.token_ids, skip_special_tokens=True), answer, question)
                  for s in samples]
@@ -84,7 +85,7 @@ class TwoStageRollout:
         """Stage 1: N drafts of ``p``, scored; ``None`` for GRPO."""
         if self.cfg.igrpo.num_drafts == 0:
             return None
-        return await self._sample_and_score(p.prompt_ids, self.cfg.igrpo.num_drafts, p.question, p.answer)
+        return await self.sample_and_score(p.prompt_ids, self.cfg.igrpo.num_drafts, p.question, p.answer)
 
     async def refinements(self, p: Prompt, drafts) -> PromptRollout:
         """Stage 2: G samples conditioned on the best draft (GRPO: on the question itself)."""
@@ -94,12 +95,12 @@ class TwoStageRollout:
             samples, rewards, accuracy = drafts
             best = int(select_best_drafts(torch.tensor([rewards]))[0][0])
             prompt_ids = refinement_prompt_ids(
-                p.question, samples[best].token_ids, render=self._render, encode=self._encode,
+                p.question, samples[best].token_ids, render=self.render, encode=self.encode,
                 max_prompt_tokens=self.cfg.rollout.max_prompt_tokens,
                 max_draft_tokens=self.cfg.igrpo.max_draft_tokens)
             out = dict(draft_ids=[list(s.token_ids) for s in samples], draft_rewards=rewards,
                        draft_accuracy=accuracy, best_draft=best)
-        samples, rewards, accuracy = await self._sample_and_score(prompt_ids, self.cfg.igrpo.num_refinements,
+        samples, rewards, accuracy = await self.sample_and_score(prompt_ids, self.cfg.igrpo.num_refinements,
                                                                    p.question, p.answer)
         return PromptRollout(
             index=p.index, question=p.question, answer=p.answer, prompt_ids=list(prompt_ids),
@@ -230,7 +231,8 @@ class Trainer:
         r = self.cfg.rollout
         urls = list(r.server_urls)
         if not urls:
-            self._server = launch_server(r, self.cfg.model.hf_path)
+            self._server = launch_server(r, self.cfg.model.hf_path, os.path.join(self.run_dir, "vllm.log"),
+                                         tokenizer_path=self.cfg.model.tokenizer_path)
             urls = [self._server.url]
         self.client = make_client(r, urls)
         self.refitter = make_refitter(r, urls)
@@ -239,9 +241,11 @@ class Trainer:
 
     def close(self) -> None:
         if self.is_driver:
-            for part in (getattr(self, "reward", None), getattr(self, "client", None), self._server, self.logger):
+            for part in (getattr(self, "reward", None), getattr(self, "client", None), self.logger):
                 if part is not None:
                     part.close()
+            if self._server is not None:
+                self._server.stop()
 
     def __enter__(self) -> "Trainer":
         return self

@@ -1,0 +1,171 @@
+"""The whole loop on one CPU machine: ``python -m igrpo_megatron.demo`` (what ``make demo`` runs).
+
+1. Builds a tiny Qwen2-shaped model and its tokenizer locally (no downloads).
+2. Launches ``torchrun`` with 2 ranks (Megatron TP=2, gloo); rank 0 starts a real vLLM server
+   (the CPU build) on the tiny model.
+3. Supervised warm-up IN MEGATRON, through the same train step the RL update uses (``sft_loss``
+   instead of the policy loss), on the synthetic task's answer format. A random model scores 0
+   on every sample, so group-relative advantages would all be 0 and RL could not start; the
+   warm-up is kept short on purpose so accuracy stays partial and RL has room to improve it.
+4. Refits the server, measures held-out accuracy, runs iGRPO (4 drafts + 4 refinements per
+   prompt), measures again and prints both.
+
+The accuracy printed is single-shot accuracy (plain prompts, no draft: how the trained model is
+used) at the training temperature, averaged over several samples per held-out prompt.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+
+DEMO_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo.yaml")
+
+
+def solution_text(answer: str) -> str:
+    """The completion the warm-up teaches: the reward's format with the answer inside."""
+    return f"<think>The result is {answer}.</think> <answer>{answer}</answer>"
+
+
+def _wrong(answer: str, rng: random.Random) -> str:
+    try:
+        return str(int(answer) + rng.choice([-3, -2, -1, 1, 2, 3]))
+    except ValueError:
+        return answer + "0"
+
+
+def warmup_batch(trainer, items, rng: random.Random):
+    """SFT rows for ``items``: half plain prompts, half refinement prompts whose draft is right or
+    wrong, all answered correctly (so stage 2 learns to keep a right draft and fix a wrong one)."""
+    import torch
+
+    from igrpo_megatron.algorithms.igrpo import build_prompt_messages, refinement_prompt_ids
+    from igrpo_megatron.batch import TrainBatch
+
+    tok = trainer.tokenizer
+    eos = [tok.eos_token_id]
+    rows = []
+    for i, item in enumerate(items):
+        target = tok.encode(solution_text(item.answer), add_special_tokens=False) + eos
+        if i % 2 == 0:
+            prompt = tok.apply_chat_template(build_prompt_messages(item.question), tokenize=True,
+                                             add_generation_prompt=True)
+        else:
+            draft_answer = item.answer if rng.random() < 0.5 else _wrong(item.answer, rng)
+            draft = tok.encode(solution_text(draft_answer), add_special_tokens=False) + eos
+            prompt = refinement_prompt_ids(
+                item.question, draft, render=trainer.rollout.render, encode=trainer.rollout.encode,
+                max_prompt_tokens=trainer.cfg.rollout.max_prompt_tokens)
+        rows.append((list(prompt), target))
+    width = max(len(p) + len(t) for p, t in rows)
+    tokens = torch.full((len(rows), width), trainer.pad_id, dtype=torch.long)
+    mask = torch.zeros(len(rows), width)
+    for r, (p, t) in enumerate(rows):
+        tokens[r, :len(p) + len(t)] = torch.tensor(p + t)
+        mask[r, len(p):len(p) + len(t)] = 1.0
+    return TrainBatch(tokens=tokens, response_mask=mask, advantages=torch.zeros(len(rows)))
+
+
+def warm_up(trainer, steps: int, batch_size: int, seed: int) -> None:
+    """``steps`` supervised steps on the synthetic task through the policy's own train step."""
+    from igrpo_megatron.algorithms.losses import sft_loss
+    from igrpo_megatron.data import synthetic_items
+    from igrpo_megatron.trainer import _global_counts, broadcast_object, shard_for_data_parallel
+
+    rng = random.Random(seed)
+    data = synthetic_items(trainer.cfg.data, seed=seed + 1)
+    par = trainer.par
+    for step in range(steps):
+        batch = warmup_batch(trainer, [next(data) for _ in range(batch_size)], rng) if trainer.is_driver else None
+        batch = broadcast_object(batch)
+        shard = shard_for_data_parallel(batch, par.dp_rank, par.dp_size, trainer.cfg.train.micro_batch_size,
+                                        trainer.pad_id)
+        counts = _global_counts(shard)
+        metrics = trainer.policy.train_step(
+            shard, lambda logprobs, micro, entropy=None: sft_loss(logprobs, micro.response_mask, counts["num_tokens"]))
+        if trainer.is_driver and (step % 10 == 0 or step == steps - 1):
+            print(f"[demo] warm-up step {step + 1:>3}/{steps}  nll {float(metrics['sft_nll']):.3f}", flush=True)
+
+
+def held_out_accuracy(trainer, num_prompts: int, samples: int, seed: int) -> float:
+    """Single-shot accuracy (plain prompts) on held-out synthetic questions, via the rollout server."""
+    from igrpo_megatron.algorithms.igrpo import build_prompt_messages
+    from igrpo_megatron.data import synthetic_items
+
+    if not trainer.is_driver:
+        return float("nan")
+    data = synthetic_items(trainer.cfg.data, seed=seed)
+    items = [next(data) for _ in range(num_prompts)]
+
+    async def run():
+        jobs = []
+        for item in items:
+            ids = trainer.tokenizer.apply_chat_template(build_prompt_messages(item.question), tokenize=True,
+                                                        add_generation_prompt=True)
+            jobs.append(trainer.rollout.sample_and_score(list(ids), samples, item.question, item.answer))
+        return await asyncio.gather(*jobs)
+
+    results = asyncio.run(run())
+    accuracy = [a for _, _, acc in results for a in acc]
+    return sum(accuracy) / len(accuracy)
+
+
+def worker(argv: list[str]) -> None:
+    """Body of each torchrun rank."""
+    from igrpo_megatron.config import load_config
+    from igrpo_megatron.trainer import Trainer
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config", default=DEMO_CONFIG)
+    parser.add_argument("--warmup-steps", type=int, default=60)
+    parser.add_argument("--eval-prompts", type=int, default=64)
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    with Trainer(cfg) as trainer:
+        say = print if trainer.is_driver else (lambda *a, **k: None)
+        say(f"[demo] Megatron TP={trainer.par.tp_size} DP={trainer.par.dp_size}; vLLM server up", flush=True)
+        warm_up(trainer, args.warmup_steps, cfg.train.prompts_per_step * 2, cfg.train.seed)
+        trainer.refit()
+        before = held_out_accuracy(trainer, args.eval_prompts, 4, seed=cfg.data.seed + 99)
+        say(f"[demo] accuracy after warm-up (before RL): {before:.3f}", flush=True)
+        t0 = time.time()
+        trainer.fit()
+        after = held_out_accuracy(trainer, args.eval_prompts, 4, seed=cfg.data.seed + 99)
+        say(f"[demo] {trainer.step_idx} iGRPO steps in {time.time() - t0:.0f} s", flush=True)
+        say(f"[demo] accuracy before RL {before:.3f} -> after RL {after:.3f} ({after - before:+.3f})", flush=True)
+        say(f"[demo] metrics: {os.path.join(cfg.train.output_dir, 'metrics.jsonl')}; "
+            f"plots: igrpo-plot {cfg.train.output_dir}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m igrpo_megatron.demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", default="runs/demo", help="where the tiny model and the run go")
+    parser.add_argument("--nproc", type=int, default=2, help="training ranks (Megatron TP = this)")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args, rest = parser.parse_known_args(argv)
+    if args.worker:
+        worker(rest)
+        return 0
+    from igrpo_megatron.tiny import make_model
+
+    model_dir = os.path.join(args.workdir, "model")
+    print(f"[demo] building a tiny Qwen2 model and tokenizer in {model_dir}", flush=True)
+    make_model(model_dir, arch="qwen2")
+    run_dir = os.path.join(args.workdir, "run")
+    shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run every time: metrics.jsonl appends
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
+           "-m", "igrpo_megatron.demo", "--worker", f"model.hf_path={model_dir}", f"train.output_dir={run_dir}",
+           f"parallel.tp={args.nproc}", "train.resume=false", *rest]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.call(cmd, env=env)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
