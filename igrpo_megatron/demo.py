@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import random
 import shutil
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import time
 
+RESULT_FILE = "demo_result.json"  # accuracy before/after RL, read by benchmarks/grpo_vs_igrpo.py
 DEMO_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo.yaml")
 
 
@@ -139,6 +141,9 @@ def worker(argv: list[str]) -> None:
         after = held_out_accuracy(trainer, args.eval_prompts, 4, seed=cfg.data.seed + 99)
         say(f"[demo] {trainer.step_idx} iGRPO steps in {time.time() - t0:.0f} s", flush=True)
         say(f"[demo] accuracy before RL {before:.3f} -> after RL {after:.3f} ({after - before:+.3f})", flush=True)
+        if trainer.is_driver:
+            with open(os.path.join(cfg.train.output_dir, RESULT_FILE), "w") as f:
+                json.dump({"accuracy_before": before, "accuracy_after": after, "steps": trainer.step_idx}, f)
         say(f"[demo] metrics: {os.path.join(cfg.train.output_dir, 'metrics.jsonl')}; "
             f"plots: igrpo-plot {cfg.train.output_dir}", flush=True)
 
