@@ -340,7 +340,10 @@ def parse_overrides(overrides: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({e}); quote it") from None
         _set_path(tree, key.strip(), value)
     return tree
 
@@ -359,7 +362,10 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
         if not os.path.exists(path):
             raise ConfigError(f"config file {path} does not exist")
         with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f) or {}
+            try:
+                data = yaml.safe_load(f) or {}
+            except yaml.YAMLError as e:
+                raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
     data = _merge(data, parse_overrides(overrides or []))
     cfg = _build(Config, data, "")
     validate(cfg)
