@@ -30,8 +30,10 @@ def test_grpo_advantages_use_sample_std_and_zero_for_flat_groups():
 
 
 def test_grpo_fractional_rewards():
-    # identical judge scores give exactly zero; [.2, .6, .4]: mean .4, sample var .08 / 2 -> std .2
-    adv = compute_advantages(torch.tensor([[0.1, 0.1, 0.1], [0.7, 0.7, 0.7], [0.2, 0.6, 0.4]]), "grpo")
+    # identical judge scores give exactly zero. In float32 [.9, .9, .9] has std 7e-8 (the mean is not
+    # exactly .9), so a `std == 0` test would return rounding residue / 7e-8 = +.8165 for all three.
+    # [.2, .6, .4]: mean .4, sample var .08 / 2 -> std .2
+    adv = compute_advantages(torch.tensor([[0.9, 0.9, 0.9], [0.45, 0.45, 0.45], [0.2, 0.6, 0.4]]), "grpo")
     assert torch.equal(adv[:2], torch.zeros(2, 3))
     torch.testing.assert_close(adv[2], torch.tensor([-1.0, 1.0, 0.0]), atol=1e-6, rtol=0)
 
