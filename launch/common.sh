@@ -1,0 +1,169 @@
+# Helpers shared by the sbatch scripts in launch/: source it, then call igrpo_run.
+#
+# Layout of a job: the first $ROLLOUT_NODES nodes of the allocation run vLLM servers
+# (launch/serve_node.sh, one per GPU group), the remaining nodes run ONE torchrun each
+# (c10d rendezvous on the first training node), and torchrun starts one trainer rank per GPU.
+# The trainer reaches the servers over HTTP with a per-job API key that this script generates;
+# the key travels only as a config override and is never written to a log (see _igrpo_redact).
+#
+# Knobs (environment variables; defaults are the paper's 7B layout, 2 nodes x 8 GPUs):
+#   CONFIG            run config (configs/*.yaml)                        [required]
+#   ROLLOUT_NODES     nodes that only serve rollouts; 0 puts the servers on the first
+#                     training node beside the trainer (a CPU machine, a single-node test)   [1]
+#   GPUS_PER_NODE     trainer ranks per training node (torchrun --nproc_per_node)          [8]
+#   SERVERS_PER_NODE  vLLM servers per rollout node       [GPUS_PER_NODE / rollout.tensor_parallel_size]
+#   VENV              virtual environment with the project installed   [$IGRPO_ROOT/.venv]
+#   RDZV_PORT         torchrun c10d rendezvous port on the first training node              [29500]
+#   SERVER_TIMEOUT_S  seconds to wait for every server's /health    [rollout.startup_timeout_s]
+#   LOG_ROOT          a folder per job is made under it for the server logs  [$IGRPO_ROOT/logs]
+#   SERVE_CMD         the server command (tests swap in a stand-in)   [$PY -m igrpo_megatron.cli.serve]
+#   TRAIN_ENTRY       what torchrun runs                            [-m igrpo_megatron.cli.train]
+# Extra arguments of the sbatch script are appended to the trainer's overrides.
+
+IGRPO_ROOT=${IGRPO_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}}
+
+igrpo_log() { echo "[igrpo $(date -u +%H:%M:%S)] $*" >&2; }
+igrpo_die() { igrpo_log "error: $*"; exit 1; }
+
+# Replace the API key in a command line before it is logged.
+_igrpo_redact() { local s="$*"; [ -n "${IGRPO_API_KEY:-}" ] && s=${s//$IGRPO_API_KEY/***}; echo "$s"; }
+
+# Read the settings the launcher needs from the run config; this also validates the config
+# (and the overrides) before any node starts anything.
+igrpo_read_config() {
+  local out
+  out=$("$PY" - "$CONFIG" "$@" <<'EOF'
+import sys
+from igrpo_megatron.config import ConfigError, load_config
+try:
+    r = load_config(sys.argv[1], sys.argv[2:]).rollout
+except ConfigError as e:
+    sys.exit(f"config error: {e}")
+print(r.tensor_parallel_size, r.port, int(r.startup_timeout_s))
+EOF
+  ) || igrpo_die "$CONFIG (with overrides: $(_igrpo_redact "$@")) does not load; see above"
+  read -r CFG_SERVER_TP CFG_PORT CFG_STARTUP_S <<<"$out"
+}
+
+# Split the allocation: ROLLOUT_HOSTS (serve) and TRAIN_HOSTS (torchrun), as bash arrays.
+igrpo_split_nodes() {
+  local hosts
+  mapfile -t hosts < <(scontrol show hostnames "$SLURM_JOB_NODELIST")
+  local n=${#hosts[@]} r=$ROLLOUT_NODES
+  (( r < n )) || igrpo_die "ROLLOUT_NODES=$r leaves no training node in a $n-node job; request more nodes (sbatch --nodes) or lower ROLLOUT_NODES"
+  if (( r == 0 )); then
+    ROLLOUT_HOSTS=("${hosts[0]}")
+  else
+    ROLLOUT_HOSTS=("${hosts[@]:0:r}")
+  fi
+  TRAIN_HOSTS=("${hosts[@]:r}")
+}
+
+# 64 hex characters from the kernel's CSPRNG, exported only into this job's environment.
+igrpo_new_api_key() { od -An -tx1 -N32 /dev/urandom | tr -d ' \n'; }
+
+# One background srun step per rollout host; each runs serve_node.sh, which starts the servers.
+# Sets SERVER_URLS (bash array) and SERVE_PIDS.
+igrpo_start_servers() {
+  SERVER_URLS=() SERVE_PIDS=()
+  local host i
+  for host in "${ROLLOUT_HOSTS[@]}"; do
+    for (( i = 0; i < SERVERS_PER_NODE; i++ )); do
+      SERVER_URLS+=("http://$host:$(( CFG_PORT + i ))")
+    done
+    # --overlap: with ROLLOUT_NODES=0 the trainer's step shares this node.
+    srun --overlap --job-name=igrpo-serve --nodes=1 --ntasks=1 --nodelist="$host" \
+      bash "$IGRPO_ROOT/launch/serve_node.sh" "$@" &
+    SERVE_PIDS+=($!)
+  done
+  igrpo_log "servers: ${SERVER_URLS[*]} (logs in $LOG_DIR)"
+}
+
+# Poll every server's /health until all answer; fail early if a server step died.
+igrpo_wait_servers() {
+  local deadline=$(( SECONDS + SERVER_TIMEOUT_S )) url pid
+  for url in "${SERVER_URLS[@]}"; do
+    until curl -sf -o /dev/null --max-time 5 "$url/health"; do
+      for pid in "${SERVE_PIDS[@]}"; do
+        kill -0 "$pid" 2>/dev/null || igrpo_die "a server step exited before $url was healthy; see $LOG_DIR/serve_*.log"
+      done
+      (( SECONDS < deadline )) || igrpo_die "$url not healthy after ${SERVER_TIMEOUT_S}s; see $LOG_DIR/serve_*.log"
+      sleep 2
+    done
+  done
+  igrpo_log "all ${#SERVER_URLS[@]} servers healthy"
+}
+
+# On any exit: SIGTERM every process of the server steps (scancel on the step; a signal to the
+# srun client itself makes srun SIGKILL the step, with no graceful vLLM shutdown) and of the
+# trainer step if it is still running; give them 30 s, then kill what is left.
+igrpo_cleanup() {
+  local step pid
+  for step in $(squeue -h -s -j "$SLURM_JOB_ID" -o '%i %j' 2>/dev/null | awk '$2 ~ /^igrpo-(serve|train)$/ {print $1}'); do
+    scancel --signal=TERM "$step" 2>/dev/null || true
+  done
+  for _ in $(seq 30); do
+    local alive=0
+    for pid in "${SERVE_PIDS[@]}" ${TRAIN_PID:-}; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    (( alive )) || break
+    sleep 1
+  done
+  for pid in "${SERVE_PIDS[@]}" ${TRAIN_PID:-}; do kill -KILL "$pid" 2>/dev/null || true; done
+  igrpo_log "servers stopped"
+}
+
+# The whole job. Arguments: extra trainer overrides.
+igrpo_run() {
+  set -euo pipefail
+  [ -n "${CONFIG:-}" ] || igrpo_die "set CONFIG to a run config, e.g. CONFIG=configs/r1d7b_math_igrpo.yaml sbatch $0"
+  [ -n "${SLURM_JOB_ID:-}" ] || igrpo_die "run this script with sbatch (it needs a Slurm allocation)"
+  cd "$IGRPO_ROOT"
+  [ -f "$CONFIG" ] || igrpo_die "CONFIG=$CONFIG does not exist (paths are relative to $IGRPO_ROOT)"
+  VENV=${VENV:-$IGRPO_ROOT/.venv}
+  PY=${PY:-$VENV/bin/python}
+  [ -x "$PY" ] || igrpo_die "no python at $PY; set VENV to the virtual environment holding igrpo-megatron"
+  ROLLOUT_NODES=${ROLLOUT_NODES:-1}
+  GPUS_PER_NODE=${GPUS_PER_NODE:-8}
+  RDZV_PORT=${RDZV_PORT:-29500}
+  LOG_DIR=${LOG_ROOT:-$IGRPO_ROOT/logs}/${SLURM_JOB_NAME:-igrpo}-$SLURM_JOB_ID
+  mkdir -p "$LOG_DIR"
+  export LOG_DIR
+
+  igrpo_read_config "$@"
+  SERVERS_PER_NODE=${SERVERS_PER_NODE:-$(( GPUS_PER_NODE / CFG_SERVER_TP > 0 ? GPUS_PER_NODE / CFG_SERVER_TP : 1 ))}
+  SERVER_TIMEOUT_S=${SERVER_TIMEOUT_S:-$CFG_STARTUP_S}
+  export CONFIG SERVERS_PER_NODE CFG_SERVER_TP CFG_PORT PY
+  export SERVE_CMD=${SERVE_CMD:-"$PY -m igrpo_megatron.cli.serve"}
+  igrpo_split_nodes
+  igrpo_log "job $SLURM_JOB_ID: rollout on ${ROLLOUT_HOSTS[*]} ($SERVERS_PER_NODE server(s) each, TP $CFG_SERVER_TP), training on ${TRAIN_HOSTS[*]} ($GPUS_PER_NODE ranks each)"
+
+  IGRPO_API_KEY=$(igrpo_new_api_key)
+  export IGRPO_API_KEY
+  SERVE_PIDS=()
+  trap igrpo_cleanup EXIT
+  trap 'exit 143' TERM INT
+  igrpo_start_servers "$@"
+  igrpo_wait_servers
+
+  local urls
+  urls=$(IFS=,; echo "[${SERVER_URLS[*]}]")
+  local -a entry
+  read -r -a entry <<<"${TRAIN_ENTRY:--m igrpo_megatron.cli.train}"
+  local -a cmd=(
+    "$PY" -m torch.distributed.run
+    --nnodes="${#TRAIN_HOSTS[@]}" --nproc_per_node="$GPUS_PER_NODE"
+    --rdzv_backend=c10d --rdzv_endpoint="${TRAIN_HOSTS[0]}:$RDZV_PORT" --rdzv_id="$SLURM_JOB_ID"
+    "${entry[@]}" --config "$CONFIG" "$@"
+    "rollout.server_urls=$urls" "rollout.api_key=$IGRPO_API_KEY"
+  )
+  igrpo_log "trainer: $(_igrpo_redact "${cmd[@]}")"
+  # One torchrun per training node; in the background so that a TERM from scancel reaches the trap.
+  srun --overlap --job-name=igrpo-train --nodes="${#TRAIN_HOSTS[@]}" --ntasks-per-node=1 --nodelist="$(IFS=,; echo "${TRAIN_HOSTS[*]}")" \
+    "${cmd[@]}" &
+  TRAIN_PID=$!
+  local rc=0
+  wait "$TRAIN_PID" || rc=$?
+  TRAIN_PID=
+  igrpo_log "trainer exited with status $rc"
+  return "$rc"
+}
