@@ -84,14 +84,11 @@ def rollout_budget(num_drafts: int, num_refinements: int, num_prompts: int = 1) 
 # ------------------------------------------------------------------------------ prompt wording
 
 SYSTEM_PROMPT = (
-    "You are a careful mathematical problem solver. First reason step by step as an internal "
-    "monologue enclosed in <think> </think> tags, then state the final answer enclosed in "
-    "<answer> </answer> tags, for example: <think> reasoning here </think> <answer> 42 </answer>.\n"
-    "Some requests include an earlier draft solution. Use such a draft as guidance only, never as "
-    "ground truth: it may contain errors. Your answer must be strictly better than the draft: fix "
-    "its mistakes, fill the gaps in its reasoning, make the justification stronger and the writing "
-    "clearer. Do not copy the draft word for word. If the draft's final answer is wrong, work out "
-    "and give the correct one."
+    "Reason step by step as an internal monologue inside <think> </think>, then give the final "
+    "answer inside <answer> </answer>. If the request contains a draft solution, treat it as "
+    "guidance, not ground truth: it may be wrong. Write a strictly better solution: fix its "
+    "mistakes, fill gaps, strengthen the justification, make it clearer. Do not repeat the draft "
+    "verbatim; if its answer is wrong, correct it."
 )
 
 
@@ -106,7 +103,7 @@ class RefinementTemplate:
     draft_close: str = "</draft>"
     user_template: str = (
         "{question}\n\n"
-        "An earlier attempt at this problem is given below. It may be incomplete or wrong.\n\n"
+        "A draft solution (may be wrong):\n"
         "{draft_open}\n{draft}\n{draft_close}\n\n"
         "Write a new, complete solution that improves on the draft."
     )
