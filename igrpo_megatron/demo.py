@@ -48,6 +48,7 @@ def warmup_batch(trainer, items, rng: random.Random):
 
     from igrpo_megatron.algorithms.igrpo import build_prompt_messages, refinement_prompt_ids
     from igrpo_megatron.batch import TrainBatch
+    from igrpo_megatron.data.chat import format_prompt
 
     tok = trainer.tokenizer
     eos = [tok.eos_token_id]
@@ -55,8 +56,7 @@ def warmup_batch(trainer, items, rng: random.Random):
     for i, item in enumerate(items):
         target = tok.encode(solution_text(item.answer), add_special_tokens=False) + eos
         if i % 2 == 0:
-            prompt = tok.apply_chat_template(build_prompt_messages(item.question), tokenize=True,
-                                             add_generation_prompt=True)
+            prompt = format_prompt(tok, build_prompt_messages(item.question))
         else:
             draft_answer = item.answer if rng.random() < 0.5 else _wrong(item.answer, rng)
             draft = tok.encode(solution_text(draft_answer), add_special_tokens=False) + eos
@@ -76,20 +76,21 @@ def warmup_batch(trainer, items, rng: random.Random):
 def warm_up(trainer, steps: int, batch_size: int, seed: int) -> None:
     """``steps`` supervised steps on the synthetic task through the policy's own train step."""
     from igrpo_megatron.algorithms.losses import sft_loss
-    from igrpo_megatron.data import synthetic_items
-    from igrpo_megatron.trainer import _global_counts, broadcast_object, shard_for_data_parallel
+    from igrpo_megatron.data.synthetic import synthetic_examples
+    from igrpo_megatron.trainer import broadcast_object, shard_for_data_parallel
 
     rng = random.Random(seed)
-    data = synthetic_items(trainer.cfg.data, seed=seed + 1)
+    d = trainer.cfg.data
+    data = synthetic_examples(steps * batch_size, seed + 1, d.synthetic_max_operand)
     par = trainer.par
     for step in range(steps):
-        batch = warmup_batch(trainer, [next(data) for _ in range(batch_size)], rng) if trainer.is_driver else None
+        items = data[step * batch_size:(step + 1) * batch_size]
+        batch = warmup_batch(trainer, items, rng) if trainer.is_driver else None
         batch = broadcast_object(batch)
         shard = shard_for_data_parallel(batch, par.dp_rank, par.dp_size, trainer.cfg.train.micro_batch_size,
                                         trainer.pad_id)
-        counts = _global_counts(shard)
         metrics = trainer.policy.train_step(
-            shard, lambda logprobs, micro, entropy=None: sft_loss(logprobs, micro.response_mask, counts["num_tokens"]))
+            shard, lambda logprobs, entropy, micro, den: sft_loss(logprobs, micro.response_mask, den["num_tokens"]))
         if trainer.is_driver and (step % 10 == 0 or step == steps - 1):
             print(f"[demo] warm-up step {step + 1:>3}/{steps}  nll {float(metrics['sft_nll']):.3f}", flush=True)
 
@@ -97,19 +98,19 @@ def warm_up(trainer, steps: int, batch_size: int, seed: int) -> None:
 def held_out_accuracy(trainer, num_prompts: int, samples: int, seed: int) -> float:
     """Single-shot accuracy (plain prompts) on held-out synthetic questions, via the rollout server."""
     from igrpo_megatron.algorithms.igrpo import build_prompt_messages
-    from igrpo_megatron.data import synthetic_items
+    from igrpo_megatron.data.chat import format_prompt
+    from igrpo_megatron.data.synthetic import synthetic_examples
 
     if not trainer.is_driver:
         return float("nan")
-    data = synthetic_items(trainer.cfg.data, seed=seed)
-    items = [next(data) for _ in range(num_prompts)]
+    d = trainer.cfg.data
+    items = synthetic_examples(num_prompts, seed, d.synthetic_max_operand)
 
     async def run():
         jobs = []
         for item in items:
-            ids = trainer.tokenizer.apply_chat_template(build_prompt_messages(item.question), tokenize=True,
-                                                        add_generation_prompt=True)
-            jobs.append(trainer.rollout.sample_and_score(list(ids), samples, item.question, item.answer))
+            ids = format_prompt(trainer.tokenizer, build_prompt_messages(item.question))
+            jobs.append(trainer.rollout.sample_and_score(ids, samples, item.question, item.answer))
         return await asyncio.gather(*jobs)
 
     results = asyncio.run(run())

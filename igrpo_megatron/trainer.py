@@ -40,6 +40,7 @@ from igrpo_megatron.algorithms.igrpo import (
 from igrpo_megatron.algorithms.losses import policy_loss
 from igrpo_megatron.batch import TrainBatch
 from igrpo_megatron.config import Config, dump_yaml, validate
+from igrpo_megatron.data.chat import format_prompt
 from igrpo_megatron.metrics import MetricsLogger, PromptRollout, generated_tokens, rollout_metrics
 from igrpo_megatron.rewards.base import RewardItem
 
@@ -50,7 +51,7 @@ from igrpo_megatron.rewards.base import RewardItem
 class Prompt:
     """One training prompt: the question as text and as stage-1 token ids, and the gold answer."""
 
-    index: int
+    id: str
     question: str
     answer: str
     prompt_ids: list[int]
@@ -64,8 +65,8 @@ class TwoStageRollout:
     pool, off the event loop, so scoring one prompt's drafts does not stall the decoding of the others.
     """
 
-    def __init__(self, cfg: Config, client, reward, tokenizer):
-        self.cfg, self.client, self.reward, self.tokenizer = cfg, client, reward, tokenizer
+    def __init__(self, cfg: Config, client, params, reward, tokenizer):
+        self.cfg, self.client, self.params, self.reward, self.tokenizer = cfg, client, params, reward, tokenizer
 
     def render(self, messages) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -75,7 +76,7 @@ class TwoStageRollout:
 
     async def sample_and_score(self, prompt_ids: list[int], n: int, question: str, answer: str):
         """``n`` samples of one prompt and their ``(samples, rewards, accuracy)``."""
-        samples = await self.client.generate(prompt_ids, n=n)
+        samples = await self.client.generate(prompt_ids, n=n, params=self.params)
         items = [RewardItem(self.tokenizer.decode(s.token_ids, skip_special_tokens=True), answer, question)
                  for s in samples]
         results = await self.reward.score_async(items)
@@ -103,7 +104,7 @@ class TwoStageRollout:
         samples, rewards, accuracy = await self.sample_and_score(prompt_ids, self.cfg.igrpo.num_refinements,
                                                                    p.question, p.answer)
         return PromptRollout(
-            index=p.index, question=p.question, answer=p.answer, prompt_ids=list(prompt_ids),
+            id=p.id, question=p.question, answer=p.answer, prompt_ids=list(prompt_ids),
             response_ids=[list(s.token_ids) for s in samples],
             response_logprobs=[list(s.logprobs) for s in samples],
             rewards=rewards, accuracy=accuracy, truncated=[s.finish_reason == "length" for s in samples],
@@ -189,12 +190,14 @@ def broadcast_object(obj, src: int = 0):
 class Trainer:
     """Builds every room of a run once, then :meth:`fit` repeats :meth:`step`.
 
-    Construct it on every rank. Rank 0 additionally owns the rollout server (launched here unless
-    ``rollout.server_urls`` names running ones), its client, the refitter and the reward pool.
-    Use it as a context manager so the server and the pool are shut down on any exit.
+    Construct it on every rank. Every rank walks the same prompt order (so the data position in a
+    checkpoint is the same everywhere); rank 0 alone owns the rollout server (launched here unless
+    ``rollout.server_urls`` names running ones), the client, the refitter and the reward pool.
+    Use it as a context manager so the server and the reward workers end on any exit.
     """
 
     def __init__(self, cfg: Config):
+        from igrpo_megatron.data import PromptIterator, load_prompts
         from igrpo_megatron.models import Policy, initialize_parallel, load_hf_config
 
         self.cfg = cfg
@@ -203,49 +206,59 @@ class Trainer:
         self.hf_cfg = load_hf_config(cfg.model.hf_path)
         validate(cfg, world_size=self.par.world_size, num_attention_heads=self.hf_cfg.num_attention_heads,
                  num_query_groups=self.hf_cfg.num_kv_heads)
+        self.run_dir = cfg.train.output_dir
+        self.ckpt_root = os.path.join(self.run_dir, "checkpoints")
         self.tokenizer = _load_tokenizer(cfg)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        self.policy = Policy(cfg, self.hf_cfg)
+        self.prompts = PromptIterator(load_prompts(cfg.data), cfg.data.seed, cfg.data.shuffle)
+        self.total_steps = cfg.train.max_steps if cfg.train.max_steps is not None else (
+            cfg.train.epochs * len(self.prompts.examples) // cfg.train.prompts_per_step)
+        self.policy = Policy(cfg, self.hf_cfg, total_steps=self.total_steps * cfg.train.ppo_epochs * cfg.train.mini_batches)
+        # The reference is the starting model (paper): hf_path, also after a resume.
         self.reference = Policy(cfg, self.hf_cfg, frozen=True) if cfg.loss.kl_beta > 0 else None
         self.step_idx = 0
         self.weight_version = 0
-        self.prompts = None
         self.logger: Optional[MetricsLogger] = None
-        self._server = None
-        self.run_dir = cfg.train.output_dir
+        self._server = self.reward = None
         self._resume()
         if self.is_driver:
             self._start_driver()
-        self.refit()  # the server starts from hf_path; from here on it serves the policy's weights
+        self.refit()  # the server started from hf_path; from here on it serves the policy's weights
 
     # -- set-up and tear-down
 
     def _start_driver(self) -> None:
         from igrpo_megatron.rewards import make_reward
-        from igrpo_megatron.rollout import launch_server, make_client, make_refitter
+        from igrpo_megatron.rollout import Refitter, RolloutClient, SamplingParams, launch_server, resolve_api_key
 
         os.makedirs(self.run_dir, exist_ok=True)
         with open(os.path.join(self.run_dir, "config.yaml"), "w", encoding="utf-8") as f:
             f.write(dump_yaml(self.cfg))
         self.logger = MetricsLogger(self.run_dir, tensorboard=self.cfg.train.tensorboard)
         r = self.cfg.rollout
-        urls = list(r.server_urls)
+        urls, api_key = list(r.server_urls), resolve_api_key(r)
         if not urls:
             self._server = launch_server(r, self.cfg.model.hf_path, os.path.join(self.run_dir, "vllm.log"),
-                                         tokenizer_path=self.cfg.model.tokenizer_path)
+                                         api_key=api_key, tokenizer_path=self.cfg.model.tokenizer_path)
             urls = [self._server.url]
-        self.client = make_client(r, urls)
-        self.refitter = make_refitter(r, urls)
+        self.loop = asyncio.new_event_loop()  # one loop for the run: the client's HTTP session lives on it
+        self.client = RolloutClient.from_config(r, urls, api_key)
+        self.refitter = Refitter(r, urls, api_key, client=self.client, is_sender=True)
         self.reward = make_reward(self.cfg.reward)
-        self.rollout = TwoStageRollout(self.cfg, self.client, self.reward, self.tokenizer)
+        self.rollout = TwoStageRollout(self.cfg, self.client, SamplingParams.from_config(r), self.reward,
+                                       self.tokenizer)
 
     def close(self) -> None:
-        if self.is_driver:
-            for part in (getattr(self, "reward", None), getattr(self, "client", None), self.logger):
-                if part is not None:
-                    part.close()
-            if self._server is not None:
-                self._server.stop()
+        if not self.is_driver:
+            return
+        if getattr(self, "loop", None) is not None:
+            self.loop.run_until_complete(self.client.aclose())
+            self.loop.close()
+        for part in (self.reward, self.logger):
+            if part is not None:
+                part.close()
+        if self._server is not None:
+            self._server.stop()
 
     def __enter__(self) -> "Trainer":
         return self
@@ -257,90 +270,81 @@ class Trainer:
 
     def _resume(self) -> None:
         from igrpo_megatron.checkpoint import find_latest, load_checkpoint
-        from igrpo_megatron.data import load_prompts
 
-        self.prompts = load_prompts(self.cfg.data) if self.is_driver else None
-        latest = find_latest(self.run_dir) if self.cfg.train.resume else None
+        latest = find_latest(self.ckpt_root) if self.cfg.train.resume else None
         if latest is None:
             return
-        extra = load_checkpoint(latest, self.policy)
-        self.step_idx = int(extra["step"])
-        self.weight_version = int(extra["weight_version"])
+        loaded = load_checkpoint(latest, self.policy.model_chunks, self.policy.optimizer, self.policy.scheduler)
+        self.step_idx = loaded.step
+        self.weight_version = int(loaded.extra_state["weight_version"])
+        self.prompts.load_state_dict(loaded.extra_state["data"])
         if self.is_driver:
-            self.prompts.load_state_dict(extra["data"])
+            print(f"resumed from {loaded.path} at step {self.step_idx}", flush=True)
 
-    def _save(self) -> None:
+    def save(self) -> str:
+        """Checkpoint this step (collective): model, optimizer, schedule, RNG, data position, version."""
         from igrpo_megatron.checkpoint import save_checkpoint
 
-        extra = {"step": self.step_idx, "weight_version": self.weight_version,
-                 "data": self.prompts.state_dict() if self.is_driver else None}
-        save_checkpoint(self.run_dir, self.step_idx, self.policy, extra_state=extra, keep_last=self.cfg.train.keep_last)
+        extra = {"weight_version": self.weight_version, "data": self.prompts.state_dict()}
+        return save_checkpoint(self.ckpt_root, self.step_idx, self.policy.model_chunks, self.policy.optimizer,
+                               self.policy.scheduler, extra, config=self.cfg, keep_last=self.cfg.train.keep_last)
 
     # -- the pieces of a step
 
     def next_prompts(self) -> list[Prompt]:
-        """``train.prompts_per_step`` prompts, rendered as stage-1 token ids (rank 0)."""
-        out = []
-        for _ in range(self.cfg.train.prompts_per_step):
-            item = next(self.prompts)
-            ids = self.tokenizer.apply_chat_template(build_prompt_messages(item.question), tokenize=True,
-                                                     add_generation_prompt=True)
-            out.append(Prompt(item.index, item.question, item.answer, list(ids)))
-        return out
+        """``train.prompts_per_step`` prompts as stage-1 token ids (every rank draws, to keep positions equal)."""
+        examples = self.prompts.next_batch(self.cfg.train.prompts_per_step)
+        if not self.is_driver:
+            return []
+        return [Prompt(e.id, e.question, e.answer, format_prompt(self.tokenizer, build_prompt_messages(e.question)))
+                for e in examples]
 
     def refit(self) -> float:
-        """Push the policy's weights to the rollout server as version ``weight_version`` (collective)."""
+        """Push the policy's weights to the rollout server as ``weight_version`` (collective)."""
         from igrpo_megatron.weights import export_hf_weights
 
         t0 = time.time()
-        buckets = export_hf_weights(self.policy.model_chunks, self.hf_cfg,
-                                    self.cfg.rollout.refit_bucket_mb << 20)
+        buckets = export_hf_weights(self.policy.model_chunks, self.hf_cfg, self.cfg.rollout.refit_bucket_mb << 20)
         if self.is_driver:
             self.refitter.update(buckets, version=self.weight_version)
         else:
-            for _ in buckets:  # non-zero ranks take part in the gathers; rank 0 receives the tensors
+            for _ in buckets:  # the export is a collective: every rank drains it
                 pass
         dist.barrier()
         return time.time() - t0
 
-    def loss_fn(self, counts: dict):
-        """The clipped policy-gradient loss of a micro-batch, with the step's global counts."""
-
-        def fn(logprobs, micro: TrainBatch, entropy=None):
-            return policy_loss(logprobs, micro.old_logprobs, micro.advantages, micro.response_mask, self.cfg.loss,
-                               ref_logprobs=micro.ref_logprobs, rollout_logprobs=micro.rollout_logprobs,
-                               entropy=entropy, num_sequences=counts["num_sequences"],
-                               num_tokens=counts["num_tokens"])
-
-        return fn
+    def loss_fn(self, logprobs, entropy, micro: TrainBatch, denominators: dict):
+        """The clipped policy-gradient loss of one micro-batch (``algorithms.losses.policy_loss``)."""
+        return policy_loss(logprobs, micro.old_logprobs, micro.advantages, micro.response_mask, self.cfg.loss,
+                           ref_logprobs=micro.ref_logprobs, rollout_logprobs=micro.rollout_logprobs,
+                           entropy=entropy, **denominators)
 
     def update(self, batch: TrainBatch) -> tuple[dict, float, float]:
         """Old/reference logprobs, then ``ppo_epochs x mini_batches`` optimizer steps on this DP shard."""
         t = self.cfg.train
         t0 = time.time()
-        shard = shard_for_data_parallel(batch, self.par.dp_rank, self.par.dp_size, t.micro_batch_size, self.pad_id)
+        shard = shard_for_data_parallel(batch, self.par.dp_rank, self.par.dp_size, t.micro_batch_size * t.mini_batches,
+                                        self.pad_id)
         shard.old_logprobs = self.policy.compute_logprobs(shard)
         if self.reference is not None:
             shard.ref_logprobs = self.reference.compute_logprobs(shard)
         t_logprobs = time.time() - t0
         t0 = time.time()
+        per_mini = len(shard) // t.mini_batches
         metrics: dict[str, float] = {}
-        rows = len(shard)
-        per_mini = rows // t.mini_batches
         for _ in range(t.ppo_epochs):
             for m in range(t.mini_batches):
-                mini = shard.select(slice(m * per_mini, rows if m == t.mini_batches - 1 else (m + 1) * per_mini))
-                metrics = self.policy.train_step(mini, self.loss_fn(_global_counts(mini)))
+                metrics = self.policy.train_step(shard.select(slice(m * per_mini, (m + 1) * per_mini)), self.loss_fn)
         return metrics, t_logprobs, time.time() - t0
 
     def step(self) -> dict:
-        """One iteration; returns its metrics record (on every rank; rank 0 logs it)."""
+        """One iteration; returns its metrics record (complete on rank 0, which logs it)."""
         t_step = time.time()
+        prompts = self.next_prompts()
         groups, t_rollout = None, 0.0
         if self.is_driver:
-            prompts = self.next_prompts()
             t0 = time.time()
-            groups = asyncio.run(self.rollout.run(prompts))
+            groups = self.loop.run_until_complete(self.rollout.run(prompts))
             t_rollout = time.time() - t0
         groups = broadcast_object(groups)
         batch, batch_info = build_train_batch(groups, self.cfg, self.pad_id)
@@ -353,38 +357,22 @@ class Trainer:
             record.update(rollout_metrics(groups, self.cfg.igrpo.num_drafts))
             record.update(batch_info)
             record.update(_train_record(train_metrics))
-            elapsed = time.time() - t_step
             record.update(time_rollout_s=t_rollout, time_logprobs_s=t_logprobs, time_train_s=t_train,
-                          time_refit_s=t_refit, time_step_s=elapsed,
+                          time_refit_s=t_refit, time_step_s=time.time() - t_step,
                           tokens_per_s=generated_tokens(groups) / max(t_rollout, 1e-9),
-                          rollout_weight_version=min(g.weight_version for g in groups))
+                          rollout_weight_version=min(g.weight_version for g in groups),
+                          server_weight_version=self.refitter.admins[0].weight_version())
             self.logger.log(record)
         if self.cfg.train.save_every and self.step_idx % self.cfg.train.save_every == 0:
-            self._save()
+            self.save()
         return record
 
-    def total_steps(self) -> int:
-        if self.cfg.train.max_steps is not None:
-            return self.cfg.train.max_steps
-        n = broadcast_object(len(self.prompts) if self.is_driver else None)
-        return self.cfg.train.epochs * n // self.cfg.train.prompts_per_step
-
     def fit(self) -> None:
-        total = self.total_steps()
-        while self.step_idx < total:
+        """Steps until ``total_steps``; the last step is always checkpointed (when saving is on)."""
+        while self.step_idx < self.total_steps:
             self.step()
         if self.cfg.train.save_every and self.step_idx % self.cfg.train.save_every != 0:
-            self._save()  # the last step is always resumable
-
-
-def _global_counts(mini: TrainBatch) -> dict:
-    """Real (non-padding) sequences and response tokens of one optimizer step over all DP ranks."""
-    counts = torch.tensor([float((mini.response_mask.sum(1) > 0).sum()), float(mini.response_mask.sum())])
-    if dist.is_initialized():
-        from megatron.core import parallel_state as ps
-
-        dist.all_reduce(counts, group=ps.get_data_parallel_group())
-    return {"num_sequences": counts[0].clamp_min(1), "num_tokens": counts[1].clamp_min(1)}
+            self.save()
 
 
 def _train_record(m: dict) -> dict:
