@@ -1,0 +1,38 @@
+"""Rewards: ``make_reward(cfg.reward)`` gives a context manager with ``score`` / ``score_async``.
+
+- ``math_verify``: accuracy by math-verify (extracted answer vs gold) + format, in worker processes
+  with per-item timeouts (math_verify_reward.RewardPool).
+- ``judge``: accuracy is a [0, 1] grade from an OpenAI-compatible LLM endpoint, + format
+  (judge.JudgeReward).
+"""
+from __future__ import annotations
+
+from igrpo_megatron.config import ConfigError, RewardConfig
+from igrpo_megatron.rewards.base import Reward, RewardItem, RewardResult
+from igrpo_megatron.rewards.extract import FORMAT_PATTERN, extract_answer, format_reward, last_boxed
+
+
+def _math_verify(cfg: RewardConfig) -> Reward:
+    from igrpo_megatron.rewards.math_verify_reward import RewardPool
+
+    return RewardPool(cfg)
+
+
+def _judge(cfg: RewardConfig) -> Reward:
+    from igrpo_megatron.rewards.judge import JudgeReward
+
+    return JudgeReward(cfg)
+
+
+REWARDS = {"math_verify": _math_verify, "judge": _judge}
+
+
+def make_reward(cfg: RewardConfig) -> Reward:
+    """The reward named by ``cfg.kind``; use it as a context manager (it owns processes)."""
+    if cfg.kind not in REWARDS:
+        raise ConfigError(f"reward.kind={cfg.kind!r} is unknown; choose one of {sorted(REWARDS)}")
+    return REWARDS[cfg.kind](cfg)
+
+
+__all__ = ["FORMAT_PATTERN", "REWARDS", "Reward", "RewardItem", "RewardResult", "extract_answer",
+           "format_reward", "last_boxed", "make_reward"]
