@@ -145,3 +145,9 @@ def test_refinement_prompt_ids_with_a_real_chat_tokenizer(tmp_path):
     assert len(ids) == full + 120  # the budget is met exactly
     text = tok.decode(ids)
     assert "middle of the draft omitted" in text and "<answer>84</answer>\n</draft>" in text
+
+
+def test_refinement_prompt_ids_rejects_a_template_that_rewrites_content():
+    with pytest.raises(ValueError, match="placeholder"):
+        refinement_prompt_ids("q", [1, 2], render=lambda m: "no content kept", encode=_char_encode,
+                              max_prompt_tokens=100)

@@ -182,6 +182,9 @@ def refinement_prompt_ids(question: str, draft_token_ids: Sequence[int], *,
     """
     placeholder = "<<IGRPO_DRAFT_PLACEHOLDER>>"
     text = render(build_refinement_messages(question, placeholder, system_prompt, template))
+    if text.count(placeholder) != 1:
+        raise ValueError("the chat template did not keep the draft placeholder exactly once; "
+                         "refinement_prompt_ids needs a template that renders message content verbatim")
     before, after = text.split(placeholder)
     prefix, suffix = encode(before), encode(after)
     fitted = fit_draft(draft_token_ids, len(prefix) + len(suffix), max_prompt_tokens,
