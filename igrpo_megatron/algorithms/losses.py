@@ -136,6 +136,13 @@ def policy_loss(
     The per-token terms are then aggregated (``cfg.aggregation``) with the GLOBAL denominators
     (see the module docstring). Gradient flows only through ``logprobs`` (and ``entropy`` when
     ``entropy_coef != 0``) at positions where ``mask`` is 1.
+
+    Metrics (detached scalars): ``loss``, ``pg_loss``; ``clip_frac_low`` / ``clip_frac_high``
+    (tokens whose gradient a clip bound removes), ``ratio_mean``, ``approx_kl`` (k3 of
+    KL(pi_old || pi_theta)); ``dual_clip_frac`` with dual-clip; ``kl_ref`` with ref_logprobs;
+    ``entropy`` with entropy; with rollout_logprobs ``mismatch_abs_diff`` (mean |old - rollout|),
+    ``mismatch_kl`` (k3 of KL(pi_rollout || pi_train)), ``mismatch_ratio_max`` (max
+    exp(old - rollout)), and with tis_cap ``tis_weight_mean``, ``tis_clip_frac``.
     """
     _check_shapes(logprobs, old_logprobs=old_logprobs, mask=mask, ref_logprobs=ref_logprobs,
                   rollout_logprobs=rollout_logprobs, entropy=entropy)
