@@ -3,8 +3,9 @@
 # Layout of a job: the first $ROLLOUT_NODES nodes of the allocation run vLLM servers
 # (launch/serve_node.sh, one per GPU group), the remaining nodes run ONE torchrun each
 # (c10d rendezvous on the first training node), and torchrun starts one trainer rank per GPU.
-# The trainer reaches the servers over HTTP with a per-job API key that this script generates;
-# the key travels only as a config override and is never written to a log (see _igrpo_redact).
+# Servers and trainer share a per-job API key generated here. It travels only in the job's
+# environment ($IGRPO_ROLLOUT_API_KEY, which srun passes on and igrpo-serve / igrpo-train read),
+# never on a command line (visible in ps) and never in a log.
 #
 # Knobs (environment variables; defaults are the paper's 7B layout, 2 nodes x 8 GPUs):
 #   CONFIG            run config (configs/*.yaml)                        [required]
@@ -25,9 +26,6 @@ IGRPO_ROOT=${IGRPO_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}}
 igrpo_log() { echo "[igrpo $(date -u +%H:%M:%S)] $*" >&2; }
 igrpo_die() { igrpo_log "error: $*"; exit 1; }
 
-# Replace the API key in a command line before it is logged.
-_igrpo_redact() { local s="$*"; [ -n "${IGRPO_API_KEY:-}" ] && s=${s//$IGRPO_API_KEY/***}; echo "$s"; }
-
 # Read the settings the launcher needs from the run config; this also validates the config
 # (and the overrides) before any node starts anything.
 igrpo_read_config() {
@@ -41,7 +39,7 @@ except ConfigError as e:
     sys.exit(f"config error: {e}")
 print(r.tensor_parallel_size, r.port, int(r.startup_timeout_s))
 EOF
-  ) || igrpo_die "$CONFIG (with overrides: $(_igrpo_redact "$@")) does not load; see above"
+  ) || igrpo_die "$CONFIG (with overrides: $*) does not load; see above"
   read -r CFG_SERVER_TP CFG_PORT CFG_STARTUP_S <<<"$out"
 }
 
@@ -79,11 +77,13 @@ igrpo_start_servers() {
   igrpo_log "servers: ${SERVER_URLS[*]} (logs in $LOG_DIR)"
 }
 
-# Poll every server's /health until all answer; fail early if a server step died.
+# Poll every server's /health (behind the key, like every route) until all answer; fail early
+# if a server step died. curl reads the header from stdin (-K -) to keep the key out of ps.
 igrpo_wait_servers() {
   local deadline=$(( SECONDS + SERVER_TIMEOUT_S )) url pid
   for url in "${SERVER_URLS[@]}"; do
-    until curl -sf -o /dev/null --max-time 5 "$url/health"; do
+    until printf 'header = "Authorization: Bearer %s"\n' "$IGRPO_ROLLOUT_API_KEY" |
+        curl -K - -sf -o /dev/null --max-time 5 "$url/health"; do
       for pid in "${SERVE_PIDS[@]}"; do
         kill -0 "$pid" 2>/dev/null || igrpo_die "a server step exited before $url was healthy; see $LOG_DIR/serve_*.log"
       done
@@ -137,8 +137,8 @@ igrpo_run() {
   igrpo_split_nodes
   igrpo_log "job $SLURM_JOB_ID: rollout on ${ROLLOUT_HOSTS[*]} ($SERVERS_PER_NODE server(s) each, TP $CFG_SERVER_TP), training on ${TRAIN_HOSTS[*]} ($GPUS_PER_NODE ranks each)"
 
-  IGRPO_API_KEY=$(igrpo_new_api_key)
-  export IGRPO_API_KEY
+  IGRPO_ROLLOUT_API_KEY=$(igrpo_new_api_key)
+  export IGRPO_ROLLOUT_API_KEY
   SERVE_PIDS=()
   trap igrpo_cleanup EXIT
   trap 'exit 143' TERM INT
@@ -153,10 +153,9 @@ igrpo_run() {
     "$PY" -m torch.distributed.run
     --nnodes="${#TRAIN_HOSTS[@]}" --nproc_per_node="$GPUS_PER_NODE"
     --rdzv_backend=c10d --rdzv_endpoint="${TRAIN_HOSTS[0]}:$RDZV_PORT" --rdzv_id="$SLURM_JOB_ID"
-    "${entry[@]}" --config "$CONFIG" "$@"
-    "rollout.server_urls=$urls" "rollout.api_key=$IGRPO_API_KEY"
+    "${entry[@]}" --config "$CONFIG" "$@" "rollout.server_urls=$urls"
   )
-  igrpo_log "trainer: $(_igrpo_redact "${cmd[@]}")"
+  igrpo_log "trainer: ${cmd[*]}"
   # One torchrun per training node; in the background so that a TERM from scancel reaches the trap.
   srun --overlap --job-name=igrpo-train --nodes="${#TRAIN_HOSTS[@]}" --ntasks-per-node=1 --nodelist="$(IFS=,; echo "${TRAIN_HOSTS[*]}")" \
     "${cmd[@]}" &

@@ -19,7 +19,7 @@ for (( i = 0; i < SERVERS_PER_NODE; i++ )); do
   # $SERVE_CMD is word-split on purpose: it is a command line such as "python -m pkg.serve".
   # shellcheck disable=SC2086
   CUDA_VISIBLE_DEVICES=$gpus $SERVE_CMD --config "$CONFIG" "$@" \
-    rollout.host=0.0.0.0 "rollout.port=$(( CFG_PORT + i ))" "rollout.api_key=$IGRPO_API_KEY" \
+    rollout.host=0.0.0.0 "rollout.port=$(( CFG_PORT + i ))" \
     >"$LOG_DIR/serve_${host}_$i.log" 2>&1 &
   pids+=($!)
 done

@@ -1,6 +1,6 @@
 """Stand-in for ``igrpo-serve`` in the Slurm launch test: a small HTTP server that behaves like
-vLLM's where the launcher can tell (``/health`` open, ``/v1/models`` behind the API key) and
-records what it was started with, so the test can assert on the launcher's wiring.
+the project's (every route behind the API key, read the way igrpo-serve reads it) and records
+what it was started with, so the test can assert on the launcher's wiring.
 
 Arguments are igrpo-serve's: ``--config FILE [overrides]``, parsed by the real config loader.
 Writes ``$PROBE_OUT/serve_<port>.json`` on start and ``serve_<port>.stopped`` on SIGTERM.
@@ -14,6 +14,7 @@ import signal
 import sys
 
 from igrpo_megatron.config import load_config
+from igrpo_megatron.rollout import resolve_api_key
 
 
 def main() -> None:
@@ -25,19 +26,19 @@ def main() -> None:
         print("probe_serve: failing on purpose", file=sys.stderr)
         sys.exit(3)
     r = load_config(args.config, args.overrides).rollout
+    key = resolve_api_key(r)
     out = os.environ["PROBE_OUT"]
-    record = {"pid": os.getpid(), "host": r.host, "port": r.port, "api_key": r.api_key,
+    record = {"pid": os.getpid(), "host": r.host, "port": r.port, "api_key": key,
+              "cmdline": open("/proc/self/cmdline").read(),
               "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
               "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "overrides": args.overrides}
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 (http.server's naming)
-            if self.path == "/health":
-                code = 200
-            elif self.path == "/v1/models":
-                code = 200 if self.headers.get("Authorization") == f"Bearer {r.api_key}" else 401
+            if self.headers.get("Authorization") != f"Bearer {key}":
+                code = 401
             else:
-                code = 404
+                code = 200 if self.path in ("/health", "/v1/models") else 404
             self.send_response(code)
             self.end_headers()
             self.wfile.write(json.dumps({"port": r.port}).encode())

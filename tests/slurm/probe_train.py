@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 
 from igrpo_megatron.config import load_config
+from igrpo_megatron.rollout import resolve_api_key
 
 
 def _status(url: str, key: str | None) -> int:
@@ -39,11 +40,13 @@ def main() -> None:
         "rank": rank, "world_size": world, "local_rank": int(os.environ["LOCAL_RANK"]),
         "all_reduce": t.item(), "run_id": os.environ.get("TORCHELASTIC_RUN_ID"),
         "slurm_step_tasks": os.environ.get("SLURM_STEP_NUM_TASKS"),
-        "server_urls": cfg.rollout.server_urls, "api_key": cfg.rollout.api_key,
+        "server_urls": cfg.rollout.server_urls, "api_key": resolve_api_key(cfg.rollout),
+        "cmdline": open("/proc/self/cmdline").read(),
         "max_steps": cfg.train.max_steps,
     }
     if rank == 0:
-        record["models_with_key"] = [_status(u + "/v1/models", cfg.rollout.api_key) for u in cfg.rollout.server_urls]
+        key = record["api_key"]
+        record["models_with_key"] = [_status(u + "/v1/models", key) for u in cfg.rollout.server_urls]
         record["models_without_key"] = [_status(u + "/v1/models", None) for u in cfg.rollout.server_urls]
     with open(os.path.join(os.environ["PROBE_OUT"], f"train_rank{rank}.json"), "w") as f:
         json.dump(record, f)
