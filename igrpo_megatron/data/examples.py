@@ -1,0 +1,17 @@
+"""The unit of training data: one question with its gold answer and where it came from."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Example:
+    id: str  # "<file name or hub name>:<row>", unique within a dataset
+    question: str
+    answer: str  # gold answer, as math-verify / the judge receive it
+    source: str  # the file path, hub name or "synthetic"
+    row: int  # 1-based row in the source (the line number for jsonl)
+
+
+class DataError(ValueError):
+    """A user-facing data problem; the message names the file, row and field, and the fix."""

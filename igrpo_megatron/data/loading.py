@@ -1,0 +1,183 @@
+"""Load prompts and gold answers from a hub dataset or a local jsonl / json / parquet file.
+
+Presets fill in what the user left unset (``data.source``, field names, ``answer_from_boxed``):
+
+===========  =======================================  =============  ==============  ===========
+preset       hub dataset                              prompt field   answer field    from boxed
+===========  =======================================  =============  ==============  ===========
+math         DigitalLearningGmbH/MATH-lighteval       problem        solution        yes
+acereason    nvidia/AceReason-Math                    problem        answer          no
+(none)       data.source must be set                  problem        answer          no
+synthetic    generated here (data/synthetic.py)       -              -               -
+===========  =======================================  =============  ==============  ===========
+
+MATH's gold answer is the last ``\\boxed{}`` of the reference solution. (The original
+``hendrycks/competition_math`` repo is gone from the hub; MATH-lighteval holds the same 7,500
+train problems with the same fields. Any copy works through ``data.source``.)
+
+Local files are read row by row here rather than through ``datasets``, so that a bad row is
+reported with its file, row and field instead of an Arrow cast error about the whole column.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional
+
+from igrpo_megatron.config import DataConfig
+from igrpo_megatron.data.examples import DataError, Example
+from igrpo_megatron.data.synthetic import synthetic_examples
+from igrpo_megatron.rewards.extract import last_boxed
+
+logger = logging.getLogger(__name__)
+
+LOCAL_FORMATS = (".jsonl", ".json", ".parquet")
+
+
+@dataclass(frozen=True)
+class Preset:
+    source: Optional[str]
+    prompt_field: str
+    answer_field: str
+    answer_from_boxed: bool
+
+
+PRESETS = {
+    "math": Preset("DigitalLearningGmbH/MATH-lighteval", "problem", "solution", True),
+    "acereason": Preset("nvidia/AceReason-Math", "problem", "answer", False),
+    None: Preset(None, "problem", "answer", False),
+}
+
+
+class _Malformed(Exception):
+    def __init__(self, field: str, why: str):
+        super().__init__(why)
+        self.field, self.why = field, why
+
+
+def load_prompts(cfg: DataConfig) -> list[Example]:
+    """The examples of ``cfg``; malformed rows raise :class:`DataError` or, with
+    ``data.skip_malformed=true``, are skipped and counted in a warning."""
+    return load_prompts_counted(cfg)[0]
+
+
+def load_prompts_counted(cfg: DataConfig) -> tuple[list[Example], int]:
+    """(examples, number of malformed rows skipped)."""
+    if cfg.preset == "synthetic":
+        if cfg.source is not None:
+            raise DataError("data.preset=synthetic generates its prompts; unset data.source")
+        return synthetic_examples(cfg.synthetic_size, cfg.seed, cfg.synthetic_max_operand,
+                                  cfg.synthetic_ops, cfg.synthetic_num_operands), 0
+    preset = PRESETS[cfg.preset]
+    source = cfg.source or preset.source
+    if not source:
+        raise DataError("data.source is not set: give a local jsonl/json/parquet file or a hub dataset "
+                        "name, or pick data.preset (math, acereason, synthetic)")
+    prompt_field = cfg.prompt_field or preset.prompt_field
+    answer_field = cfg.answer_field or preset.answer_field
+    from_boxed = preset.answer_from_boxed if cfg.answer_from_boxed is None else cfg.answer_from_boxed
+    name = os.path.basename(source) if _is_local(source) else source
+
+    examples, skipped = [], 0
+    for row, record in _read_rows(source, cfg.split):
+        try:
+            if isinstance(record, _BadJson):
+                raise _Malformed("<line>", f"is not valid JSON ({record.error})")
+            if not isinstance(record, dict):
+                raise _Malformed("<row>", f"is a {type(record).__name__}, expected an object of fields")
+            question = _text_field(record, prompt_field)
+            answer = _text_field(record, answer_field)
+            if from_boxed:
+                boxed = last_boxed(answer)
+                if boxed is None:
+                    raise _Malformed(answer_field, "has no \\boxed{...} answer (data.answer_from_boxed=true)")
+                answer = boxed
+        except _Malformed as e:
+            if not cfg.skip_malformed:
+                raise DataError(f"{source}: row {row}: field {e.field!r} {e.why}; fix the row, point "
+                                f"data.prompt_field/data.answer_field at the right fields, or set "
+                                f"data.skip_malformed=true to skip such rows") from None
+            if skipped == 0:
+                logger.warning("%s: row %d: field %r %s; skipping malformed rows", source, row, e.field, e.why)
+            skipped += 1
+            continue
+        examples.append(Example(f"{name}:{row}", question, answer, source, row))
+    if skipped:
+        logger.warning("%s: skipped %d malformed rows of %d", source, skipped, skipped + len(examples))
+    if not examples:
+        raise DataError(f"{source}: no usable rows (fields {prompt_field!r} / {answer_field!r})")
+    return examples, skipped
+
+
+def _text_field(record: dict, field: str) -> str:
+    if field not in record:
+        raise _Malformed(field, f"is missing (the row has {sorted(record)})")
+    value = record[field]
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)  # integer answers ("answer": 42) are common and exact as text
+    if not isinstance(value, str):
+        raise _Malformed(field, f"is {type(value).__name__} {value!r:.60}, expected a string")
+    if not value.strip():
+        raise _Malformed(field, "is empty")
+    return value
+
+
+def _is_local(source: str) -> bool:
+    return os.path.exists(source) or source.endswith(LOCAL_FORMATS) or source.startswith((".", "/", "~"))
+
+
+def _read_rows(source: str, split: str) -> Iterator[tuple[int, Any]]:
+    """(1-based row, record) pairs; for jsonl the row is the line number."""
+    if not _is_local(source):
+        yield from enumerate(_load_hub(source, split), start=1)
+        return
+    path = os.path.expanduser(source)
+    if not os.path.isfile(path):
+        raise DataError(f"data.source {source}: file not found")
+    if path.endswith(".jsonl"):
+        with open(path, encoding="utf-8") as f:
+            for line_no, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    yield line_no, json.loads(line)
+                except json.JSONDecodeError as e:
+                    yield line_no, _BadJson(str(e))
+    elif path.endswith(".json"):
+        with open(path, encoding="utf-8") as f:
+            try:
+                records = json.load(f)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{source}: not valid JSON ({e}); a .json file must hold a list of "
+                                f"objects (one per row), a .jsonl file one object per line") from None
+        if not isinstance(records, list):
+            raise DataError(f"{source}: a .json file must hold a list of objects (one per row), "
+                            f"got a {type(records).__name__}")
+        yield from enumerate(records, start=1)
+    elif path.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        yield from enumerate(pq.read_table(path).to_pylist(), start=1)
+    else:
+        raise DataError(f"data.source {source}: unsupported file type; use one of {', '.join(LOCAL_FORMATS)}")
+
+
+@dataclass(frozen=True)
+class _BadJson:
+    """A jsonl line that did not parse; reported like any malformed row."""
+
+    error: str
+
+
+def _load_hub(name: str, split: str):
+    import datasets
+
+    try:
+        return datasets.load_dataset(name, split=split)
+    except Exception as e:  # noqa: BLE001 - offline, unknown name, wrong split: all need the same hint
+        raise DataError(
+            f"could not load hub dataset {name!r} (split {split!r}): {type(e).__name__}: {e}. "
+            f"If this machine cannot reach the hub, download the dataset elsewhere and pass the local "
+            f"file with data.source=/path/to/file.jsonl (or .json / .parquet)") from e
