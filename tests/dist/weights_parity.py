@@ -1,0 +1,141 @@
+"""torchrun worker: HF -> Megatron import, logits parity with transformers, and the streaming
+export round trip, for every case folder given, at every layout that fits the world size.
+
+Usage: weights_parity.py LAYOUTS [--negative] CASE_DIR... where LAYOUTS is e.g. "1x1" or "2x1,1x2" (TPxPP).
+Prints ``CHECK <metric>_<case>_tp<T>pp<P> <value>`` lines from global rank 0 (see test_weights_parity.py).
+"""
+import sys
+from dataclasses import replace
+
+import torch
+import torch.distributed as dist
+
+from igrpo_megatron.config import ModelConfig, ParallelConfig
+from igrpo_megatron.models.parallel import destroy_parallel, initialize_parallel
+from igrpo_megatron.models.provider import build_model, load_hf_config
+from igrpo_megatron.weights import HFSafetensors, WeightMap, export_hf_weights, load_hf_weights
+from igrpo_megatron.weights.mapping import COLUMN, Layout
+
+BATCH, SEQ = 2, 12
+
+
+def check(name, value):
+    if dist.get_rank() == 0:
+        print(f"CHECK {name} {value}", flush=True)
+
+
+def megatron_logits(model, ids, hf_vocab):
+    """Full-vocabulary logits of a (possibly pipelined, TP-split) model, on global rank 0."""
+    from megatron.core import parallel_state as ps
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    out = {}
+
+    def forward_step(data_iterator, model):
+        batch = next(data_iterator)
+        logits = model(input_ids=batch, position_ids=torch.arange(SEQ).expand(BATCH, -1), attention_mask=None)
+
+        def keep(output):
+            out["logits"] = output
+            return output.sum() * 0, {}
+
+        return logits, keep
+
+    get_forward_backward_func()(forward_step_func=forward_step, data_iterator=iter([ids]), model=[model],
+                                num_microbatches=1, seq_length=SEQ, micro_batch_size=BATCH, forward_only=True)
+    src = dist.get_process_group_ranks(ps.get_pipeline_model_parallel_group())[-1]
+    full = torch.empty(BATCH, SEQ, hf_vocab) if dist.get_rank() == 0 else None
+    if ps.is_pipeline_last_stage():
+        pieces = [torch.empty_like(out["logits"]) for _ in range(ps.get_tensor_model_parallel_world_size())]
+        dist.all_gather(pieces, out["logits"].contiguous(), group=ps.get_tensor_model_parallel_group())
+        gathered = torch.cat(pieces, dim=-1)[..., :hf_vocab].contiguous()
+        if src == 0:
+            full = gathered if dist.get_rank() == 0 else None
+        elif ps.get_tensor_model_parallel_rank() == 0 and ps.get_data_parallel_rank() == 0:
+            dist.send(gathered, dst=0)
+    if dist.get_rank() == 0 and src != 0:
+        dist.recv(full, src=src)
+    return full
+
+
+def hf_logits(case_dir, ids):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(case_dir, torch_dtype=torch.float32, attn_implementation="eager")
+    with torch.no_grad():
+        return model.eval()(input_ids=ids).logits
+
+
+def build_and_load(case_dir, tp, pp, weight_map=None):
+    hf_cfg = load_hf_config(case_dir)
+    par = ParallelConfig(tp=tp, pp=pp)
+    initialize_parallel(par, seed=7)
+    model = build_model(hf_cfg, ModelConfig(dtype="fp32", transformer_impl="local"), par)
+    load_hf_weights([model], case_dir, hf_cfg, weight_map=weight_map)
+    return hf_cfg, model.eval()
+
+
+def run_case(case_dir, tp, pp, ids, reference):
+    tag = f"{case_dir.rstrip('/').split('/')[-1]}_tp{tp}pp{pp}"
+    hf_cfg, model = build_and_load(case_dir, tp, pp)
+    with torch.no_grad():
+        logits = megatron_logits(model, ids, hf_cfg.vocab_size)
+    if dist.get_rank() == 0:
+        check(f"logits_diff_{tag}", (logits - reference).abs().max().item())
+        check(f"logits_scale_{tag}", reference.abs().max().item())
+    # round trip through the streaming export, with small buckets so several are used
+    exported, buckets = {}, 0
+    for bucket in export_hf_weights([model], hf_cfg, bucket_bytes=64 << 10):
+        buckets += 1
+        assert sum(t.numel() * t.element_size() for _, t in bucket) <= 64 << 10 or len(bucket) == 1
+        for name, tensor in bucket:
+            assert name not in exported, name
+            exported[name] = tensor.clone()
+    if dist.get_rank() == 0:
+        with HFSafetensors(case_dir) as src:
+            names_ok = set(exported) == {n for n in src.names() if not WeightMap(hf_cfg).optional_hf(n)}
+            worst = max((src.get(n) != t).sum().item() if src.get(n).shape == t.shape else 10**9
+                        for n, t in exported.items())
+        check(f"export_names_match_{tag}", int(names_ok))
+        check(f"export_mismatched_elems_{tag}", worst)
+        check(f"export_buckets_{tag}", buckets)
+    destroy_parallel()
+
+
+def run_negative_controls(case_dir, ids, reference, tp=2):
+    """A naive [Q;K;V] concatenation and a naive dim-0 fc1 split (at TP=2) must both break parity."""
+    hf_cfg = load_hf_config(case_dir)
+    base = WeightMap(hf_cfg).table
+    qkv = "decoder.layers.{}.self_attention.linear_qkv.weight"
+    fc1 = "decoder.layers.{}.mlp.linear_fc1.weight"
+    wrong = {"naive_qkv": {**base, qkv: replace(base[qkv], layout=Layout.STACK)},
+             "naive_fc1_split": {**base, fc1: replace(base[fc1], split=COLUMN)}}
+    for label, table in wrong.items():
+        _, model = build_and_load(case_dir, tp, 1, weight_map=WeightMap(hf_cfg, table=table))
+        with torch.no_grad():
+            logits = megatron_logits(model, ids, hf_cfg.vocab_size)
+        if dist.get_rank() == 0:
+            check(f"negative_{label}_tp{tp}", (logits - reference).abs().max().item())
+        destroy_parallel()
+
+
+def main(layouts, case_dirs, negative):
+    for case_dir in case_dirs:
+        vocab = load_hf_config(case_dir).vocab_size
+        ids = torch.randint(0, vocab, (BATCH, SEQ), generator=torch.Generator().manual_seed(0))  # same on all ranks
+        reference = hf_logits(case_dir, ids) if dist.get_rank() == 0 else None
+        for tp, pp in layouts:
+            run_case(case_dir, tp, pp, ids, reference)
+        if negative and case_dir == case_dirs[0]:
+            run_negative_controls(case_dir, ids, reference)
+    dist.barrier()
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    negative = "--negative" in args
+    args = [a for a in args if a != "--negative"]
+    layouts = [tuple(int(x) for x in spec.split("x")) for spec in args[0].split(",")]
+    initialize_parallel(ParallelConfig(), seed=0)  # the process group (gloo on CPU) for the reference step
+    main(layouts, args[1:], negative)
+    destroy_parallel(destroy_process_group=True)
