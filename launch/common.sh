@@ -37,10 +37,10 @@ try:
     r = load_config(sys.argv[1], sys.argv[2:]).rollout
 except ConfigError as e:
     sys.exit(f"config error: {e}")
-print(r.tensor_parallel_size, r.port, int(r.startup_timeout_s))
+print(r.tensor_parallel_size, r.port, int(r.startup_timeout_s), r.refit_transport)
 EOF
   ) || igrpo_die "$CONFIG (with overrides: $*) does not load; see above"
-  read -r CFG_SERVER_TP CFG_PORT CFG_STARTUP_S <<<"$out"
+  read -r CFG_SERVER_TP CFG_PORT CFG_STARTUP_S CFG_REFIT <<<"$out"
 }
 
 # Split the allocation: ROLLOUT_HOSTS (serve) and TRAIN_HOSTS (torchrun), as bash arrays.
@@ -137,6 +137,8 @@ igrpo_run() {
   igrpo_split_nodes
   igrpo_log "job $SLURM_JOB_ID: rollout on ${ROLLOUT_HOSTS[*]} ($SERVERS_PER_NODE server(s) each, TP $CFG_SERVER_TP), training on ${TRAIN_HOSTS[*]} ($GPUS_PER_NODE ranks each)"
 
+  # The nccl refit transport's rendezvous is the first trainer node, known only now.
+  [ "$CFG_REFIT" = nccl ] && set -- "$@" "rollout.nccl_master_address=${TRAIN_HOSTS[0]}"
   IGRPO_ROLLOUT_API_KEY=$(igrpo_new_api_key)
   export IGRPO_ROLLOUT_API_KEY
   SERVE_PIDS=()

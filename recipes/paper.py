@@ -1,0 +1,117 @@
+"""The paper's training setup (arXiv 2602.09000, see /work/shared/PAPER.md) as config settings.
+
+A recipe is a nested dict of ``section -> key -> value`` over the defaults of
+:class:`igrpo_megatron.config.Config`. Every value the paper fixes is stated here explicitly,
+even where it equals the default, so that a default changing later cannot silently change a
+paper run (tests/test_recipes.py compares the recipes with the paper's numbers).
+
+Choices the paper does not state are marked "(ours)".
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+Settings = dict  # section -> {key: value}
+
+
+@dataclass(frozen=True)
+class Model:
+    """A policy model: its hub name (a local HF folder works too: override ``model.hf_path``),
+    its HF ``model_type`` (checked against the implemented Megatron providers) and its layout."""
+
+    hf_path: str
+    model_type: str
+    tp: int  # Megatron tensor parallel size on a training node of 8 GPUs
+    train_nodes: int  # nodes running torchrun; one more node serves vLLM (launch/*.sh)
+    rollout_tp: int = 1  # vLLM tensor parallel size: one server per rollout_tp GPUs
+    note: Optional[str] = None  # shown when the model cannot be trained yet
+
+
+def paper_settings(name: str, model: Model, data: str) -> Settings:
+    """The setup shared by every run of the paper: iGRPO N = 4 drafts + G = 4 refinements."""
+    return {
+        "model": {"hf_path": model.hf_path, "dtype": "bf16", "recompute_activations": True},
+        "parallel": {"tp": model.tp, "pp": 1, "use_distributed_optimizer": True},
+        "optim": {
+            "lr": 1.0e-6, "min_lr_ratio": 0.1, "warmup_ratio": 0.1,
+            "weight_decay": 0.0, "clip_grad": 1.0,  # (ours)
+        },
+        "loss": {
+            "advantage": "grpo", "aggregation": "seq_mean_token_mean", "ratio_level": "token",
+            "clip_low": 0.2, "clip_high": 0.2,  # eps not stated; the common default (ours)
+            "kl_beta": 0.0, "kl_estimator": "k3", "entropy_coef": 0.0,
+        },
+        "igrpo": {"num_drafts": 4, "num_refinements": 4, "group_budget": 8},
+        "reward": {"kind": "math_verify", "accuracy_weight": 1.0, "format_weight": 1.0},
+        "data": {"preset": data},
+        "rollout": {
+            "tensor_parallel_size": model.rollout_tp, "dtype": "bfloat16",
+            "temperature": 0.7, "top_p": 1.0,  # top-p not stated (ours: none)
+            "max_prompt_tokens": 1024, "max_tokens": 4096, "max_model_len": 5120,
+            # Weights go to the servers through a shared filesystem folder (ours; the nccl
+            # transport is faster but untested here: rollout.refit_transport=nccl).
+            "refit_transport": "disk", "refit_dir": f"runs/{name}/refit",
+        },
+        "train": {
+            "output_dir": f"runs/{name}",
+            "epochs": 1,
+            # 128 prompts x 8 samples = the paper's 1,024 completions per step.
+            "prompts_per_step": 128,
+            "micro_batch_size": 2,  # (ours) 5k-token sequences with activation recompute
+            "save_every": 25,
+        },
+    }
+
+
+def igrpo(name: str, model: Model, data: str) -> Settings:
+    """iGRPO: 4 drafts, the best one conditions 4 refinements; 8 samples per prompt in all."""
+    return paper_settings(name, model, data)
+
+
+def grpo(name: str, model: Model, data: str) -> Settings:
+    """The GRPO baseline at the same budget: no drafts, a group of 8."""
+    s = paper_settings(name, model, data)
+    s["igrpo"] = {"num_drafts": 0, "num_refinements": 8, "group_budget": 8}
+    return s
+
+
+def dapo(settings: Settings) -> Settings:
+    """DAPO's loss under either method: clip-higher (0.2 / 0.28), token-level aggregation,
+    dynamic sampling (groups whose rewards are all equal are dropped)."""
+    s = copy.deepcopy(settings)
+    s["loss"].update(clip_low=0.2, clip_high=0.28, aggregation="token_mean", dynamic_sampling=True)
+    return s
+
+
+def gspo(settings: Settings) -> Settings:
+    """GSPO's loss under either method: a sequence-level (length-normalised) ratio with GSPO's
+    narrow clip range 3e-4 / 4e-4."""
+    s = copy.deepcopy(settings)
+    s["loss"].update(ratio_level="sequence", clip_low=3.0e-4, clip_high=4.0e-4)
+    return s
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One paper run: ``settings()`` builds its config settings; ``model`` says what it trains."""
+
+    name: str
+    model: Model
+    settings: Callable[[], Settings]
+
+
+def runs(prefix: str, model: Model, data: str, variants: bool = False) -> list[Recipe]:
+    """``<prefix>_igrpo`` and ``<prefix>_grpo``; with ``variants`` also both under DAPO and GSPO
+    (``<prefix>_igrpo_dapo`` vs ``<prefix>_grpo_dapo``: the paper's wrapper ablation)."""
+    out = []
+    for method in (igrpo, grpo):
+        name = f"{prefix}_{method.__name__}"
+        out.append(Recipe(name, model, lambda n=name, m=method: m(n, model, data)))
+    if variants:
+        for wrap in (dapo, gspo):
+            for method in (igrpo, grpo):
+                name = f"{prefix}_{method.__name__}_{wrap.__name__}"
+                out.append(Recipe(name, model, lambda n=name, m=method, w=wrap: w(m(n, model, data))))
+    return out
