@@ -1,0 +1,424 @@
+"""Save and resume a training run with ``megatron.core.dist_checkpointing``.
+
+One checkpoint folder (see :mod:`igrpo_megatron.checkpoint.directory` for the layout) holds:
+
+- model weights and optimizer state as one Megatron sharded state dict (``torch_dist`` format:
+  ``*.distcp`` shards, ``.metadata``, ``common.pt``, ``metadata.json``). Weights are stored as
+  global tensors, so a checkpoint written at one TP x PP layout loads at any other;
+- ``meta.json``: step, the layout it was written at, the LR scheduler state and the trainer's
+  ``extra_state`` (data-iterator position and anything else JSON-serialisable);
+- ``rng/rank_XXXXX.safetensors``: every rank's generator states (:mod:`.rng`);
+- ``config.yaml``: the run config, when given.
+
+Optimizer state and layouts. The distributed optimizer is saved in Megatron's
+``fully_reshardable`` format (each Adam moment stored like the parameter it belongs to), and the
+plain optimizer's state is sharded like the parameters too, so optimizer state follows the weights
+to any TP / PP / DP layout and between the distributed and the plain optimizer. Checkpoints whose
+optimizer state was written in Megatron's ``dp_reshardable`` format (Megatron-LM's default) only
+reload at the same TP x PP; :func:`load_checkpoint` says so up front and points at
+``load_optimizer=False``.
+
+What loading unpickles. Everything this module writes itself is JSON or safetensors. Of Megatron's
+files, ``common.pt`` (non-tensor optimizer state such as param groups) is read by Megatron with a
+bare ``torch.load(path, map_location='cpu')``, i.e. ``weights_only=True`` by default since torch 2.6
+(unless the environment sets ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``); :func:`load_checkpoint` checks
+that file with ``weights_only=True`` itself before Megatron opens it, so a file that would need
+arbitrary unpickling is refused either way. The ``.metadata`` index of torch's distributed
+checkpoint format is a pickle that torch reads with ``pickle.load``: as with any torch DCP
+checkpoint, only load checkpoints from a trusted location.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import torch
+import torch.distributed as dist
+import yaml
+
+from igrpo_megatron.checkpoint.directory import (
+    META_FILE,
+    TMP_SUFFIX,
+    commit,
+    find_latest,
+    iter_dir_name,
+    prepare_tmp_dir,
+    prune,
+    step_of,
+)
+from igrpo_megatron.checkpoint.rng import load_rng_state, rng_file, save_rng_state
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.yaml"
+# Megatron's DistributedOptimizer formats that store state in parameter space (reshardable
+# across TP/PP/DP) versus the one tied to the DP buffer layout of a given TP x PP.
+RESHARDABLE_OPTIM_FORMATS = ("fully_reshardable", "fully_sharded_model_space")
+SAVE_OPTIM_FORMAT = "fully_reshardable"
+# Test hook: the named point SIGKILLs rank 0 there (simulates a node dying during a save).
+FAULT_ENV = "IGRPO_CKPT_FAULT"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be loaded as asked; the message names the folder and what to change."""
+
+
+@dataclass(frozen=True)
+class LoadedCheckpoint:
+    """What :func:`load_checkpoint` restored besides the objects it loaded in place."""
+
+    path: str
+    step: int
+    extra_state: dict
+    config: Optional[dict]  # the run config saved with the checkpoint, as a plain dict
+    optimizer_loaded: bool
+    rng_restored: bool  # False when the layout changed (RNG streams are per rank) or load_rng=False
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def _unwrap_ddp(model):
+    """Megatron DDP adds a ``module.`` level; checkpoints use the inner names so they do not
+    depend on whether the model was wrapped for training (eval, conversion tools load them bare)."""
+    from megatron.core.distributed.data_parallel_base import _BaseDataParallel
+
+    while isinstance(model, _BaseDataParallel):
+        model = model.module
+    return model
+
+
+def _single_chunk(model_chunks: Sequence) -> Any:
+    chunks = list(model_chunks) if isinstance(model_chunks, (list, tuple)) else [model_chunks]
+    if len(chunks) != 1:
+        raise CheckpointError(
+            f"got {len(chunks)} model chunks; virtual pipeline stages are not supported by "
+            f"igrpo_megatron.checkpoint (pass the one model of this pipeline stage)"
+        )
+    return _unwrap_ddp(chunks[0])
+
+
+def _is_distributed_optimizer(optimizer) -> bool:
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    inner = getattr(optimizer, "chained_optimizers", [optimizer])
+    return any(isinstance(o, DistributedOptimizer) for o in inner)
+
+
+def _prime_empty_adam_state(optimizer) -> None:
+    """Give a fresh torch Adam inside Megatron's DistributedOptimizer its (zero) state.
+
+    Without apex or Transformer Engine, megatron-core 0.16.1's ``DistributedOptimizer.state_dict()``
+    reads torch Adam's per-parameter ``step`` and asserts there is exactly one value, so it fails
+    on an optimizer that has not stepped yet: i.e. when loading into a freshly built one, or
+    saving step 0. The state written here is exactly what torch Adam creates on its first step.
+    """
+    from megatron.core.optimizer.distrib_optimizer import HAVE_APEX_OR_TE, DistributedOptimizer
+
+    if HAVE_APEX_OR_TE:
+        return
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = getattr(opt, "optimizer", None)
+        if not isinstance(opt, DistributedOptimizer) or not isinstance(inner, torch.optim.Adam) or inner.state:
+            continue
+        for group in inner.param_groups:
+            for p in group["params"]:
+                inner.state[p] = {"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(p),
+                                  "exp_avg_sq": torch.zeros_like(p)}
+
+
+def _load_optimizer_state(optimizer, state: dict) -> None:
+    """``optimizer.load_state_dict(state)``, working around two megatron-core 0.16.1 defects of
+    the torch-Adam path (taken when neither apex nor Transformer Engine is installed):
+
+    - ``DistributedOptimizer.load_state_dict`` restores Adam's ``step`` from the param groups,
+      then copies every per-parameter state tensor from the checkpoint including ``step``, which
+      the reshardable formats do not store (KeyError). During the load, only the tensors the
+      checkpoint has are copied.
+    - it gives every parameter the *same* ``step`` tensor; torch Adam increments each
+      parameter's step in place, so the shared counter would advance once per parameter per
+      step and change the bias correction. Each parameter gets its own copy afterwards.
+    """
+    from megatron.core.optimizer.distrib_optimizer import HAVE_APEX_OR_TE, DistributedOptimizer
+
+    if HAVE_APEX_OR_TE:
+        optimizer.load_state_dict(state)
+        return
+    original = DistributedOptimizer._set_main_param_and_optimizer_states
+
+    def set_present_states(self, model_param, tensors):
+        if "step" in tensors or self.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8:
+            return original(self, model_param, tensors)
+        group_index, group_order = self.model_param_group_index_map[model_param]
+        main_param = self.optimizer.param_groups[group_index]["params"][group_order]
+        dst = {"param": main_param, **self.optimizer.state[main_param]}
+        for key, value in tensors.items():
+            dst[key].copy_(value)
+
+    DistributedOptimizer._set_main_param_and_optimizer_states = set_present_states
+    try:
+        optimizer.load_state_dict(state)
+    finally:
+        DistributedOptimizer._set_main_param_and_optimizer_states = original
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = getattr(opt, "optimizer", None)
+        if isinstance(inner, torch.optim.Optimizer):
+            for param_state in inner.state.values():
+                if isinstance(param_state.get("step"), torch.Tensor):
+                    param_state["step"] = param_state["step"].clone()
+
+
+def _layout(optimizer) -> dict:
+    from megatron.core import parallel_state as ps
+
+    return {
+        "world_size": dist.get_world_size(),
+        "tp": ps.get_tensor_model_parallel_world_size(),
+        "pp": ps.get_pipeline_model_parallel_world_size(),
+        "dp": ps.get_data_parallel_world_size(with_context_parallel=True),
+        "distributed_optimizer": optimizer is not None and _is_distributed_optimizer(optimizer),
+    }
+
+
+def _sharded_state_dict(model, optimizer, is_loading: bool) -> dict:
+    state = {"model": model.sharded_state_dict()}
+    if optimizer is not None:
+        _prime_empty_adam_state(optimizer)
+        state["optimizer"] = optimizer.sharded_state_dict(
+            state["model"],
+            is_loading=is_loading,
+            metadata={"distrib_optim_sharding_type": SAVE_OPTIM_FORMAT, "chained_optim_avoid_prefix": True},
+        )
+    return state
+
+
+def _dp_group():
+    from megatron.core import parallel_state as ps
+
+    return ps.get_data_parallel_group(with_context_parallel=True)
+
+
+def _save_strategy():
+    """Megatron's torch_dist writer, with the writing spread over the DP replicas (each rank
+    writes a share of the replicated tensors instead of DP rank 0 writing all of them)."""
+    from megatron.core.dist_checkpointing.serialization import get_default_save_sharded_strategy
+    from megatron.core.dist_checkpointing.strategies.fully_parallel import FullyParallelSaveStrategyWrapper
+
+    from igrpo_megatron.models.cpu import cpu_support_enabled, enable_cpu_support
+
+    if cpu_support_enabled():  # a fork-based result queue: saves in ~0.2 s instead of ~3 s on CPU
+        enable_cpu_support(fast_checkpoint_writer=True)
+    return FullyParallelSaveStrategyWrapper(get_default_save_sharded_strategy(), _dp_group())
+
+
+def _fault_point(name: str) -> None:
+    if os.environ.get(FAULT_ENV) == name and dist.get_rank() == 0:
+        logger.warning("%s=%s: killing rank 0 on purpose", FAULT_ENV, name)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _write_json(path: str, obj: Any) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1, sort_keys=True, allow_nan=True)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+# --------------------------------------------------------------------------------------- save
+
+
+def save_checkpoint(
+    ckpt_root: str,
+    step: int,
+    model_chunks,
+    optimizer=None,
+    scheduler=None,
+    extra_state: Optional[dict] = None,
+    *,
+    config=None,
+    keep_last: Optional[int] = None,
+) -> str:
+    """Write checkpoint ``step`` under ``ckpt_root`` on all ranks (collective); return its folder.
+
+    ``model_chunks``: this stage's model (``[model]`` or the model; DDP-wrapped or not).
+    ``optimizer``: Megatron optimizer (plain, distributed or chained) or ``None``.
+    ``scheduler``: Megatron ``OptimizerParamScheduler`` (or anything with a JSON-able
+    ``state_dict()``) or ``None``. ``extra_state``: JSON-serialisable dict, identical on all ranks
+    (rank 0 writes it), e.g. ``{"data": loader.state_dict(), "consumed_prompts": 1280}``.
+    ``config``: the run's :class:`igrpo_megatron.config.Config`, stored as ``config.yaml``.
+    ``keep_last``: after the new checkpoint is complete, delete all but the newest ``keep_last``.
+
+    The folder is written as ``iter_XXXXXXX.tmp`` and renamed once every rank has finished, then
+    ``latest`` is updated: a crash at any point leaves the previous checkpoint loadable.
+    """
+    from megatron.core import dist_checkpointing
+
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    extra_state = dict(extra_state or {})
+    try:
+        meta_text = json.dumps({"extra_state": extra_state})
+    except TypeError as e:
+        raise TypeError(f"save_checkpoint: extra_state must be JSON-serialisable ({e})") from e
+    model = _single_chunk(model_chunks)
+    rank = dist.get_rank()
+    tmp = os.path.join(ckpt_root, iter_dir_name(step) + TMP_SUFFIX)
+    if rank == 0:
+        os.makedirs(ckpt_root, exist_ok=True)
+        prepare_tmp_dir(ckpt_root, step)
+    dist.barrier()
+
+    state = _sharded_state_dict(model, optimizer, is_loading=False)
+    dist_checkpointing.save(state, tmp, sharded_strategy=_save_strategy())
+    _fault_point("after_shards")
+    save_rng_state(tmp, rank)
+    if rank == 0:
+        if config is not None:
+            from igrpo_megatron.config import dump_yaml
+
+            with open(os.path.join(tmp, CONFIG_FILE), "w", encoding="utf-8") as f:
+                f.write(dump_yaml(config))
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "step": step,
+            "layout": _layout(optimizer),
+            "optimizer_format": (SAVE_OPTIM_FORMAT if optimizer is not None and _is_distributed_optimizer(optimizer)
+                                 else "model_space" if optimizer is not None else None),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            **json.loads(meta_text),
+        }
+        _write_json(os.path.join(tmp, META_FILE), meta)
+    dist.barrier()  # every rank's shards and RNG file are on disk
+
+    final = tmp[: -len(TMP_SUFFIX)]
+    if rank == 0:
+        commit(tmp)
+        if keep_last is not None:
+            prune(ckpt_root, keep_last)
+    dist.barrier()  # nobody races ahead (and maybe crashes) before the commit is visible
+    return final
+
+
+# --------------------------------------------------------------------------------------- load
+
+
+def resolve_checkpoint(path: str) -> str:
+    """A checkpoint folder from either a checkpoint root (its ``latest``) or a ``iter_*`` folder."""
+    if step_of(path) is not None and os.path.isfile(os.path.join(path, META_FILE)):
+        return path
+    if path.rstrip("/").endswith(TMP_SUFFIX):
+        raise CheckpointError(f"{path} is an incomplete checkpoint (a save that did not finish); "
+                              f"load its checkpoint root or a complete iter_* folder instead")
+    latest = find_latest(path)
+    if latest is None:
+        raise CheckpointError(f"no complete checkpoint under {path} (looked for {path}/latest and iter_* folders "
+                              f"with {META_FILE})")
+    return latest
+
+
+def _check_optimizer_loadable(ckpt_dir: str, meta: dict, now: dict) -> None:
+    saved_fmt, then = meta.get("optimizer_format"), meta["layout"]
+    if saved_fmt is None:
+        raise CheckpointError(f"{ckpt_dir} has no optimizer state (it was saved without an optimizer); "
+                              f"load it with load_optimizer=False")
+    same_model_parallel = (then["tp"], then["pp"]) == (now["tp"], now["pp"])
+    if saved_fmt not in RESHARDABLE_OPTIM_FORMATS and saved_fmt != "model_space" and not same_model_parallel:
+        raise CheckpointError(
+            f"{ckpt_dir}: its distributed-optimizer state is in Megatron's {saved_fmt!r} format, which is "
+            f"tied to the TP x PP layout it was written at (tp={then['tp']}, pp={then['pp']}); this run has "
+            f"tp={now['tp']}, pp={now['pp']}. Load with load_optimizer=False (fresh Adam moments, weights "
+            f"still resharded), or resume at tp={then['tp']}, pp={then['pp']}"
+        )
+
+
+def _check_common_file_is_safe(ckpt_dir: str) -> None:
+    """Refuse a ``common.pt`` that needs arbitrary unpickling before Megatron's bare torch.load sees it."""
+    path = os.path.join(ckpt_dir, "common.pt")
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{ckpt_dir} has no common.pt; it is not a complete Megatron dist checkpoint") from e
+    except Exception as e:  # noqa: BLE001 - any unpickling refusal becomes one clear message
+        raise CheckpointError(f"{path} cannot be loaded with torch.load(weights_only=True) ({e}); "
+                              f"refusing to unpickle it") from e
+
+
+def load_checkpoint(
+    path: str,
+    model_chunks,
+    optimizer=None,
+    scheduler=None,
+    *,
+    load_optimizer: bool = True,
+    load_rng: bool = True,
+    strict: bool = True,
+) -> LoadedCheckpoint:
+    """Load a checkpoint into ``model_chunks`` / ``optimizer`` / ``scheduler`` in place (collective).
+
+    ``path``: a checkpoint root (resumes from its ``latest``) or one ``iter_*`` folder. The model
+    may be laid out at any TP x PP (x DP); Megatron reshards the weights. ``optimizer`` is filled
+    when given and ``load_optimizer`` is true; with ``load_optimizer=False`` it keeps fresh
+    moments and its fp32 master copies are refreshed from the loaded weights. ``scheduler`` must
+    be freshly built (Megatron's ``load_state_dict`` advances it by the saved step count). RNG
+    states are restored only at the layout they were saved at. ``strict``: missing or
+    unexpected model weights are an error.
+    """
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing.validation import StrictHandling
+
+    ckpt_dir = resolve_checkpoint(path)
+    with open(os.path.join(ckpt_dir, META_FILE), encoding="utf-8") as f:
+        meta = json.load(f)
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{ckpt_dir}: format_version {meta.get('format_version')} is not "
+                              f"{FORMAT_VERSION}; it was written by another version of igrpo_megatron")
+    model = _single_chunk(model_chunks)
+    now = _layout(optimizer)
+    with_optimizer = optimizer is not None and load_optimizer
+    if with_optimizer:
+        _check_optimizer_loadable(ckpt_dir, meta, now)
+    _check_common_file_is_safe(ckpt_dir)
+
+    state = _sharded_state_dict(model, optimizer if with_optimizer else None, is_loading=True)
+    # Megatron's "unexpected" = asked for but absent from the checkpoint; keys the checkpoint has
+    # but we do not ask for (optimizer state under load_optimizer=False) are always fine.
+    loaded = dist_checkpointing.load(
+        state, ckpt_dir, strict=StrictHandling.RAISE_UNEXPECTED if strict else StrictHandling.LOG_UNEXPECTED
+    )
+    model.load_state_dict(loaded["model"], strict=strict)
+    if with_optimizer:
+        _load_optimizer_state(optimizer, loaded["optimizer"])
+    elif optimizer is not None:
+        optimizer.reload_model_params()
+    if scheduler is not None and meta.get("scheduler") is not None:
+        scheduler.load_state_dict(meta["scheduler"])
+
+    then = meta["layout"]
+    same_layout = all(then[k] == now[k] for k in ("world_size", "tp", "pp"))
+    rank = dist.get_rank()
+    rng_restored = load_rng and same_layout and os.path.isfile(rng_file(ckpt_dir, rank))
+    if rng_restored:
+        load_rng_state(ckpt_dir, rank)
+    elif load_rng and rank == 0:
+        logger.warning("%s was saved at world_size=%d tp=%d pp=%d; RNG streams are per rank, so they are "
+                       "not restored at this layout (the run continues, not bit-exactly)",
+                       ckpt_dir, then["world_size"], then["tp"], then["pp"])
+
+    config = None
+    config_path = os.path.join(ckpt_dir, CONFIG_FILE)
+    if os.path.isfile(config_path):
+        with open(config_path, encoding="utf-8") as f:
+            config = yaml.safe_load(f)
+    return LoadedCheckpoint(
+        path=ckpt_dir,
+        step=int(meta["step"]),
+        extra_state=meta.get("extra_state") or {},
+        config=config,
+        optimizer_loaded=with_optimizer,
+        rng_restored=rng_restored,
+    )
