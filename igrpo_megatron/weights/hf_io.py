@@ -60,6 +60,10 @@ class HFSafetensors:
             raise KeyError(f"{self.folder} holds no tensor {name!r}; its config.json does not match its weights")
         return self._open(self.file_of[name]).get_tensor(name)
 
+    def dtype(self, name: str) -> str:
+        """The stored dtype of ``name`` as safetensors spells it (``F32``, ``BF16``, ...), without reading data."""
+        return self._open(self.file_of[name]).get_slice(name).get_dtype()
+
     def close(self) -> None:
         self._handles.clear()
 

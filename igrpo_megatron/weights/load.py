@@ -16,9 +16,11 @@ from igrpo_megatron.weights.mapping import WeightMap, WeightMappingError, global
 
 
 @torch.no_grad()
-def load_hf_weights(model_chunks, hf_dir: str, hf_cfg, *, weight_map: Optional[WeightMap] = None) -> set[str]:
+def load_hf_weights(model_chunks, hf_dir: str, hf_cfg, *, weight_map: Optional[WeightMap] = None,
+                    progress=None) -> set[str]:
     """Copy the weights of the HF folder ``hf_dir`` into this rank's parameters.
 
+    ``progress`` (e.g. a tqdm bar) is advanced by one per parameter.
     Returns the HF tensor names this rank read. Raises :class:`WeightMappingError` naming the
     parameter when a tensor is missing or its shape does not fit the model.
     """
@@ -45,6 +47,8 @@ def load_hf_weights(model_chunks, hf_dir: str, hf_cfg, *, weight_map: Optional[W
                     f"{hf_dir}: HF tensors {list(wmap.hf_sources(name))} give shape {tuple(piece.shape)} for "
                     f"Megatron {name}, whose TP shard is {tuple(param.shape)}; config.json does not match the weights")
             param.copy_(piece)
+            if progress is not None:
+                progress.update(1)
     return used
 
 
