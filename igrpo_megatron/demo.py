@@ -130,6 +130,8 @@ def worker(argv: list[str]) -> None:
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print("[demo] building the Megatron model and starting the vLLM server (~30-60 s)", flush=True)
     with Trainer(cfg) as trainer:
         say = print if trainer.is_driver else (lambda *a, **k: None)
         say(f"[demo] Megatron TP={trainer.par.tp_size} DP={trainer.par.dp_size}; vLLM server up", flush=True)
@@ -169,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
            "-m", "igrpo_megatron.demo", "--worker", f"model.hf_path={model_dir}", f"train.output_dir={run_dir}",
            f"parallel.tp={args.nproc}", "train.resume=false", *rest]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    # Megatron warns once per rank that Apex / Transformer Engine are absent (expected on CPU).
+    env = {"PYTHONWARNINGS": "ignore::UserWarning", **os.environ, "OMP_NUM_THREADS": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
     return subprocess.call(cmd, env=env)
 
 

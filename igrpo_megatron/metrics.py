@@ -19,7 +19,10 @@ from typing import Sequence
 # Every step's record carries these keys (the end-to-end test checks the file against this list).
 STEP_FIELDS = (
     "step",
-    "weight_version",
+    "prompts_consumed",
+    "weight_version",  # of the policy after this step's update (what the server now serves)
+    "rollout_weight_version",  # the oldest version that generated this step's samples
+    "server_weight_version",  # what the rollout server reports after the refit
     "draft_acc",
     "best_draft_acc",
     "best_draft_acc_bound",
@@ -54,7 +57,7 @@ class PromptRollout:
     trained completions were sampled from: the refinement prompt in iGRPO, the question in GRPO.
     """
 
-    index: int
+    id: str
     question: str
     answer: str
     prompt_ids: list[int]

@@ -22,7 +22,10 @@ costs about what GRPO costs. ``igrpo.overlap_stages=false`` runs the stages back
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
+import signal
+import sys
 import time
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -219,11 +222,19 @@ class Trainer:
         self.step_idx = 0
         self.weight_version = 0
         self.logger: Optional[MetricsLogger] = None
-        self._server = self.reward = None
+        self._server = self.reward = self.loop = None
         self._resume()
         if self.is_driver:
-            self._start_driver()
-        self.refit()  # the server started from hf_path; from here on it serves the policy's weights
+            # torchrun SIGTERMs the survivors when a rank dies: exit through close() so the server
+            # (its own process group) and the reward workers do not outlive the job.
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+        try:
+            if self.is_driver:
+                self._start_driver()
+            self.refit()  # the server started from hf_path; from here on it serves the policy's weights
+        except BaseException:
+            self.close()
+            raise
 
     # -- set-up and tear-down
 
@@ -241,6 +252,10 @@ class Trainer:
             self._server = launch_server(r, self.cfg.model.hf_path, os.path.join(self.run_dir, "vllm.log"),
                                          api_key=api_key, tokenizer_path=self.cfg.model.tokenizer_path)
             urls = [self._server.url]
+        if r.refit_transport == "disk" and not r.refit_dir and self._server is not None:
+            # A server this process launched shares its filesystem: the run folder will do.
+            r = dataclasses.replace(r, refit_dir=os.path.join(self.run_dir, "refit"))
+            os.makedirs(r.refit_dir, exist_ok=True)
         self.loop = asyncio.new_event_loop()  # one loop for the run: the client's HTTP session lives on it
         self.client = RolloutClient.from_config(r, urls, api_key)
         self.refitter = Refitter(r, urls, api_key, client=self.client, is_sender=True)
@@ -251,7 +266,7 @@ class Trainer:
     def close(self) -> None:
         if not self.is_driver:
             return
-        if getattr(self, "loop", None) is not None:
+        if self.loop is not None:
             self.loop.run_until_complete(self.client.aclose())
             self.loop.close()
         for part in (self.reward, self.logger):
@@ -352,7 +367,8 @@ class Trainer:
         self.step_idx += 1
         self.weight_version += 1
         t_refit = self.refit()
-        record = {"step": self.step_idx, "weight_version": self.weight_version}
+        record = {"step": self.step_idx, "weight_version": self.weight_version,
+                  "prompts_consumed": self.prompts.consumed}
         if self.is_driver:
             record.update(rollout_metrics(groups, self.cfg.igrpo.num_drafts))
             record.update(batch_info)
