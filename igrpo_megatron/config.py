@@ -214,7 +214,10 @@ class EvalConfig:
     # Paper: up to 65,000 generated tokens; each request is capped at what the server's
     # max_model_len leaves after the prompt.
     max_tokens: int = 65000
-    prompt_template: str = "{problem}\n\nPlease reason step by step, and put your final answer within \\boxed{{}}."
+    # "training": the system instruction the policy was trained with (algorithms/igrpo.py), so a
+    # trained model is asked the way it learned; "none": no system message (e.g. a base model).
+    system_prompt: Literal["training", "none"] = "training"
+    prompt_template: str = "{problem}"  # the user message; {problem} is replaced, other braces kept
     limit: Optional[int] = None  # first n problems of each benchmark (smoke runs)
     seed: int = 0
     output_dir: str = "runs/eval"
