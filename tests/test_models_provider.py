@@ -58,10 +58,25 @@ def test_tp_must_divide_heads(tiny_qwen2):
         transformer_config_from_hf(hf, ModelConfig(dtype="fp32"), ParallelConfig(pp=3))
 
 
-def test_build_under_tp2_and_pp2(tiny_qwen2):
-    out = run_torchrun(os.path.join(REPO, "tests/dist/models_smoke.py"), 2, [tiny_qwen2])
+@pytest.fixture(scope="module")
+def tied_llama(tmp_path_factory):
+    from igrpo_megatron.tiny import make_model
+
+    return make_model(str(tmp_path_factory.mktemp("tied_llama")), arch="llama", tie_word_embeddings=True,
+                      vocab_size=321, with_tokenizer=False)
+
+
+def test_layouts_recompute_bf16_and_tied_embeddings(tiny_qwen2, tied_llama):
+    out = run_torchrun(os.path.join(REPO, "tests/dist/models_smoke.py"), 2, [tiny_qwen2, tied_llama], timeout=600)
     c = checks(out)
-    assert c["tp2pp1_local_vocab"] == 192  # 320 padded to 384, split over 2 ranks
+    assert c["tp2pp1_local_vocab"] == 192  # the tokenizer's vocabulary padded to 384, split over 2 ranks
     assert c["tp2pp1_params_with_grad_frac"] == 1.0
     assert c["tp2pp1_padded_vocab"] == c["tp1pp2_padded_vocab"] == 384
     assert c["tp2pp1_layers_per_stage"] == 2 and c["tp1pp2_layers_per_stage"] == 1
+    assert c["recompute_param_diff"] <= 1e-7  # gradient checkpointing recomputes the same activations
+    assert c["bf16_param_is_bf16"] == 1.0
+    assert c["bf16_last_loss"] < c["bf16_first_loss"] - 0.05
+    # tied embeddings over two stages: the first and last stage copies stay in sync through a step
+    assert c["llama_tied_pp2_logprob_diff"] <= 1e-6
+    assert c["llama_tied_pp2_second_loss_diff"] <= 1e-6
+    assert c["llama_tied_pp2_param_diff"] <= 1e-6

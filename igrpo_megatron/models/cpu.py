@@ -11,6 +11,11 @@ The redirection is a process-wide :class:`~torch.overrides.TorchFunctionMode` pl
 on ``torch.cuda`` and megatron's RNG helpers. :func:`enable_cpu_support` installs them once, and
 only when ``torch.cuda.is_available()`` is False, so the same code runs unchanged on GPU nodes.
 This is the only module of the project that knows about these adjustments.
+
+Two limits of a function mode: it is thread-local (megatron code must run on the thread that
+enabled it), and torch pops it while it handles a call, so Python code run *inside*
+``torch.autograd.backward`` (activation recompute) would not see it. Megatron's schedule calls the
+autograd engine directly when ``deallocate_pipeline_outputs`` is on, which the provider sets.
 """
 from __future__ import annotations
 

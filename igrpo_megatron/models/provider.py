@@ -209,6 +209,9 @@ def transformer_config_from_hf(hf_cfg: HFModelConfig, model_cfg: ModelConfig, pa
         pipeline_model_parallel_size=pp,
         sequence_parallel=parallel_cfg.sequence_parallel,
         use_cpu_initialization=not torch.cuda.is_available(),
+        # Megatron-LM's setting: frees pipeline outputs after sending them, and runs backward through
+        # the autograd engine directly (which also keeps the CPU device mode active in recompute).
+        deallocate_pipeline_outputs=True,
         apply_rope_fusion=False,
         **fp8,
         **recompute,
