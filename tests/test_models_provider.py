@@ -48,7 +48,7 @@ def test_fp8_without_transformer_engine_is_a_clear_error():
     assert use_transformer_engine(ModelConfig()) is False  # auto without TE: the local spec
 
 
-def test_tp_must_divide_heads(tiny_qwen2):
+def test_layout_errors_name_the_field(tiny_qwen2):
     from igrpo_megatron.models.provider import transformer_config_from_hf
 
     hf = load_hf_config(tiny_qwen2)
@@ -56,6 +56,8 @@ def test_tp_must_divide_heads(tiny_qwen2):
         transformer_config_from_hf(hf, ModelConfig(dtype="fp32"), ParallelConfig(tp=4))
     with pytest.raises(ConfigError, match="parallel.pp=3 does not divide the model's 2 layers"):
         transformer_config_from_hf(hf, ModelConfig(dtype="fp32"), ParallelConfig(pp=3))
+    with pytest.raises(ConfigError, match="parallel.sequence_parallel=true needs Transformer Engine"):
+        transformer_config_from_hf(hf, ModelConfig(dtype="fp32"), ParallelConfig(tp=2, sequence_parallel=True))
 
 
 @pytest.fixture(scope="module")

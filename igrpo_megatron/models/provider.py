@@ -175,6 +175,10 @@ def transformer_config_from_hf(hf_cfg: HFModelConfig, model_cfg: ModelConfig, pa
                           f"choose a divisor of {hf_cfg.num_layers}")
     if parallel_cfg.sequence_parallel and tp == 1:
         raise ConfigError("parallel.sequence_parallel=true needs parallel.tp > 1")
+    if parallel_cfg.sequence_parallel and not use_transformer_engine(model_cfg):
+        raise ConfigError("parallel.sequence_parallel=true needs Transformer Engine's layer spec (Megatron's "
+                          "local torch norms do not support it): `pip install .[gpu]` on GPU nodes, or set "
+                          "parallel.sequence_parallel=false")
     dtype = _DTYPES[model_cfg.dtype]
     fp8: dict[str, Any] = {}
     if model_cfg.fp8 is not None:
