@@ -106,7 +106,10 @@ class RewardConfig:
     accuracy_weight: float = 1.0
     format_weight: float = 1.0
     num_workers: int = 0  # 0: one per core
-    timeout_s: float = 5.0  # per item; a timeout scores 0 and is counted
+    timeout_s: float = 5.0  # CPU seconds per item in its worker; a timeout scores 0 and is counted
+    # Wall-clock bound per item, enforced by killing the worker (for work stuck in C code that the
+    # worker's own timer cannot interrupt). None: max(3 * timeout_s, timeout_s + 10).
+    kill_after_s: Optional[float] = None
     chunk_size: int = 16  # items sent to a worker at once (fewer when the queue is short)
     judge_url: Optional[str] = None  # base URL of an OpenAI-compatible server, e.g. http://host:8000
     judge_model: Optional[str] = None
