@@ -44,16 +44,16 @@ def test_pathological_item_times_out_scores_zero_and_is_counted():
         assert results[0].accuracy == 0.0 and results[0].total == 0.0 and results[0].timed_out
         assert [r.accuracy for r in results[1:]] == GOOD_ACC
         assert pool.counters()["timeouts"] == 1
-        # The worker that hit the alarm is still the same process and still scores.
+        # The worker whose timer fired is still the same process and still scores.
         pids = pool.worker_pids()
         assert [r.accuracy for r in pool.score(GOOD)] == GOOD_ACC
         assert pool.worker_pids() == pids
 
 
 def test_stuck_worker_is_killed_at_the_hard_deadline_and_replaced():
-    # SIGSTOP freezes the worker so its own alarm cannot fire: only the parent's deadline
-    # (2 * timeout_s + 1 = 2 s) can end the item, as for a worker stuck inside C code.
-    with make_reward(RewardConfig(num_workers=1, timeout_s=0.5)) as pool:
+    # SIGSTOP freezes the worker so its own CPU timer cannot fire: only the parent's wall-clock
+    # deadline can end the item, as for a worker stuck inside C code.
+    with make_reward(RewardConfig(num_workers=1, timeout_s=0.5, kill_after_s=1.5)) as pool:
         (stuck_pid,) = pool.worker_pids()
         os.kill(stuck_pid, signal.SIGSTOP)
         results = _results(pool.submit(GOOD))
@@ -69,7 +69,7 @@ def test_dead_worker_is_replaced_and_only_its_current_item_is_charged():
     with make_reward(RewardConfig(num_workers=1, timeout_s=60.0)) as pool:
         (pid,) = pool.worker_pids()
         futures = pool.submit([PATHOLOGICAL] + GOOD)
-        time.sleep(2.0)  # the worker is inside the pathological item (60 s alarm)
+        time.sleep(2.0)  # the worker is inside the pathological item (60 CPU-second timer)
         os.kill(pid, signal.SIGKILL)
         results = _results(futures)
         assert results[0].accuracy == 0.0 and not results[0].timed_out

@@ -1,18 +1,21 @@
 """Rule-based reward: math-verify accuracy plus the format reward, scored in worker processes.
 
-Why processes: math-verify is pure-Python sympy work (~3 ms a pair), so threads are GIL-bound, and
-its timeouts use SIGALRM, which only a process's main thread can receive.
+Why processes: math-verify is pure-Python sympy work (a few ms per pair for numbers, tens of ms
+for sets and intervals), so threads are GIL-bound, and its timeouts use SIGALRM, which only a
+process's main thread can receive.
 Why a pool of our own: ``concurrent.futures`` marks the whole pool broken when one worker dies,
 and ``multiprocessing.Pool`` loses a killed worker's task forever. A reward pool inside a long run
 must turn a stuck or dying worker into one zero-scored, counted item and carry on.
 
 Time bound per item, two layers:
-1. In the worker, one SIGALRM interval timer of ``timeout_s`` covers parse(gold), parse(pred) and
-   verify together. math-verify's own per-call alarms are turned off: they restart for every call
-   and swallow the timeout into a plain ``False``, so a timeout could not be counted.
-2. In the parent, a hard deadline of ``2 * timeout_s + 1`` seconds per item: a worker stuck in C
-   code (a huge integer power) never returns to the interpreter to run the signal handler, so it
-   is killed with SIGKILL and replaced.
+1. In the worker, one interval timer of ``timeout_s`` seconds of CPU time (ITIMER_PROF, SIGPROF)
+   covers parse(gold), parse(pred) and verify together. CPU time, not wall time, so that a
+   machine crowded with other processes does not turn ordinary items into timeouts.
+   math-verify's own SIGALRM timeouts are turned off: they restart for every call and swallow
+   the timeout into a plain ``False``, so a timeout could not be counted.
+2. In the parent, a wall-clock deadline (``kill_after_s``, default max(3 * timeout_s,
+   timeout_s + 10)): a worker stuck in C code (a huge integer power) never returns to the
+   interpreter to run the signal handler, so it is killed with SIGKILL and replaced.
 In both cases the item scores accuracy 0 (its format reward still counts) and ``timeouts`` grows.
 A worker that dies charges only the item it was scoring ("worker_deaths"); the rest of its chunk
 goes back to the queue.
@@ -39,7 +42,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from typing import Optional, Sequence
 
-from math_verify import parse, verify
+from math_verify import LatexExtractionConfig, parse, verify
 
 from igrpo_megatron.config import RewardConfig
 from igrpo_megatron.rewards.base import RewardItem, RewardResult, as_items, make_result
@@ -52,10 +55,15 @@ logging.getLogger("math_verify").setLevel(logging.ERROR)
 # ------------------------------------------------------------------------------- scoring
 
 
+_LATEX_ONLY = [LatexExtractionConfig()]
+
+
 def _parse_boxed(answer: str):
     # Wrapping in \boxed{} makes math-verify read the whole string as one LaTeX answer: sets,
     # intervals and expressions like "x^2+2x+1" parse only with an anchor (bare they give []).
-    return parse(f"\\boxed{{{answer}}}", parsing_timeout=None)
+    # Inside a box the LaTeX extractor alone suffices; skipping the plain-expression extractor
+    # saves 10-40 % of the time.
+    return parse(f"\\boxed{{{answer}}}", extraction_config=_LATEX_ONLY, parsing_timeout=None)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -76,7 +84,7 @@ _WARM_UP = [("\\boxed{\\{3,2,1\\}}", "\\{1,2,3\\}"), ("\\boxed{0.5}", "\\frac{1}
 
 
 class _ItemTimeout(BaseException):
-    """Raised by the worker's SIGALRM handler; a BaseException so math-verify's and sympy's
+    """Raised by the worker's SIGPROF handler; a BaseException so math-verify's and sympy's
     ``except Exception`` clauses cannot swallow it."""
 
 
@@ -88,11 +96,11 @@ def _score_in_worker(completion: str, gold: str, timeout_s: float) -> tuple[floa
     """(accuracy, format, status) with status "" (ok), "timeout" or "error: ..."."""
     fmt = format_reward(completion)  # linear-time regex, outside the timer: known even on timeout
     try:
-        signal.setitimer(signal.ITIMER_REAL, timeout_s)
+        signal.setitimer(signal.ITIMER_PROF, timeout_s)
         try:
             return accuracy(completion, gold), fmt, ""
         finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.setitimer(signal.ITIMER_PROF, 0)
     except _ItemTimeout:
         return 0.0, fmt, "timeout"
     except Exception as e:  # noqa: BLE001 - any failure of one item scores 0 and is counted
@@ -101,7 +109,7 @@ def _score_in_worker(completion: str, gold: str, timeout_s: float) -> tuple[floa
 
 def _worker_main(conn, timeout_s: float) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle; it closes us
-    signal.signal(signal.SIGALRM, _raise_timeout)
+    signal.signal(signal.SIGPROF, _raise_timeout)
     while True:
         try:
             chunk = conn.recv()
@@ -135,13 +143,13 @@ class RewardPool:
     """math-verify + format reward in ``cfg.num_workers`` forked processes (0: one per core).
 
     ``submit`` returns one future per item at once; ``score`` blocks; ``score_async`` awaits.
-    Counters: items, timeouts (worker alarm or parent kill), worker_deaths, errors.
+    Counters: items, timeouts (worker CPU timer or parent kill), worker_deaths, errors.
     """
 
     def __init__(self, cfg: RewardConfig):
         self.cfg = cfg
         self.num_workers = cfg.num_workers or os.cpu_count() or 1
-        self.hard_deadline_s = 2 * cfg.timeout_s + 1.0
+        self.hard_deadline_s = cfg.kill_after_s or max(3 * cfg.timeout_s, cfg.timeout_s + 10.0)
         self._ctx = mp.get_context("fork")
         for completion, gold in _WARM_UP:
             accuracy(completion, gold)
