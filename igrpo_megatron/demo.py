@@ -113,7 +113,7 @@ def held_out_accuracy(trainer, num_prompts: int, samples: int, seed: int) -> flo
             jobs.append(trainer.rollout.sample_and_score(ids, samples, item.question, item.answer))
         return await asyncio.gather(*jobs)
 
-    results = asyncio.run(run())
+    results = trainer.loop.run_until_complete(run())
     accuracy = [a for _, _, acc in results for a in acc]
     return sum(accuracy) / len(accuracy)
 

@@ -33,7 +33,7 @@ STEP_FIELDS = (
     "reward_std",
     "zero_var_frac",
     "entropy",
-    "kl",
+    "kl",  # k3 KL(old || new) of this step's update (0 for a single on-policy step)
     "clip_frac",
     "logprob_mismatch",
     "prompt_len_mean",
@@ -162,10 +162,11 @@ class MetricsLogger:
 def progress_line(r: dict) -> str:
     """One human-readable line per step: the numbers someone watching a run looks for first."""
     parts = [f"step {r['step']:>4}"]
-    if r.get("draft_acc") is not None and r.get("best_draft_acc_bound", 0) > 0:
-        parts.append(f"draft {r['draft_acc']:.3f} best {r['best_draft_acc']:.3f} (bound {r['best_draft_acc_bound']:.3f})")
+    two_stage = r.get("draft_len_mean", 0) > 0
+    if two_stage:
+        parts.append(f"draft {r['draft_acc']:.3f} best {r['best_draft_acc']:.3f} (1-(1-p)^N {r['best_draft_acc_bound']:.3f})")
     parts.append(f"acc {r.get('refine_acc', 0):.3f}")
-    if r.get("best_draft_acc_bound", 0) > 0:
+    if two_stage:
         parts.append(f"w->r {r.get('trans_wrong_to_right', 0):.2f} r->w {r.get('trans_right_to_wrong', 0):.2f}")
     parts.append(f"reward {r.get('reward_mean', 0):.3f}±{r.get('reward_std', 0):.3f}")
     parts.append(f"ent {r.get('entropy', 0):.3f} kl {r.get('kl', 0):.2e} clip {r.get('clip_frac', 0):.3f}")

@@ -13,7 +13,7 @@ from igrpo_megatron.trainer import build_train_batch, shard_for_data_parallel
 
 def _group(index, drafts_acc, best, acc, prompt_len=3, resp_len=2):
     return PromptRollout(
-        index=index, question="q", answer="1", prompt_ids=list(range(10, 10 + prompt_len)),
+        id=f"synthetic:{index}", question="q", answer="1", prompt_ids=list(range(10, 10 + prompt_len)),
         response_ids=[[5 + j] * resp_len for j in range(len(acc))],
         response_logprobs=[[-0.5] * resp_len for _ in acc],
         rewards=[a + 1.0 for a in acc], accuracy=list(acc), truncated=[False] * len(acc),
@@ -88,3 +88,20 @@ def test_plot_writes_pngs(tmp_path):
         assert path.stat().st_size > 1000
         assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     assert main([str(tmp_path / "missing")]) == 2
+
+
+def test_metrics_logger_writes_jsonl_tensorboard_and_a_progress_line(tmp_path):
+    import io
+
+    from igrpo_megatron.metrics import MetricsLogger
+
+    stream = io.StringIO()
+    logger = MetricsLogger(str(tmp_path), tensorboard=True, stream=stream)
+    logger.log({"step": 1, "refine_acc": 0.25, "draft_acc": 0.1, "best_draft_acc": 0.3,
+                "best_draft_acc_bound": 0.34, "draft_len_mean": 12.0, "reward_mean": 0.5, "weight_version": 1})
+    logger.close()
+    assert read_metrics(str(tmp_path))[0]["refine_acc"] == 0.25
+    line = stream.getvalue()
+    assert "step    1" in line and "acc 0.250" in line and "draft 0.100 best 0.300" in line and "v1" in line
+    events = os.listdir(tmp_path / "tensorboard")
+    assert any(name.startswith("events.out.tfevents") for name in events)
