@@ -82,3 +82,25 @@ def test_layouts_recompute_bf16_and_tied_embeddings(tiny_qwen2, tied_llama):
     assert c["llama_tied_pp2_logprob_diff"] <= 1e-6
     assert c["llama_tied_pp2_second_loss_diff"] <= 1e-6
     assert c["llama_tied_pp2_param_diff"] <= 1e-6
+
+
+CPU_SHIM_CHECK = """
+import torch
+from igrpo_megatron.models.cpu import enable_cpu_support
+assert enable_cpu_support() and enable_cpu_support()  # idempotent
+x = torch.ones(2, device="cuda")
+print(x.device, x.to(0).device, x.to("cuda:1", torch.float64).dtype, x.cuda().device, x.type(),
+      torch.cuda.current_device(), torch.get_rng_state().equal(torch.cuda.get_rng_state()))
+"""
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="the CPU shim is inactive with CUDA")
+def test_cpu_support_redirects_cuda_placements():
+    """In a subprocess: the mode is process-wide and must not leak into other tests."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", CPU_SHIM_CHECK], capture_output=True, text=True, cwd=REPO,
+                         env={**os.environ, "PYTHONPATH": REPO}, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["cpu", "cpu", "torch.float64", "cpu", "torch.cuda.FloatTensor", "cpu", "True"]

@@ -51,7 +51,7 @@ class _CudaToCpuMode(TorchFunctionMode):
         if name == "cuda":  # Tensor.cuda() / Module parameters: stay where they are
             return args[0]
         if name == "to":
-            args = tuple(_cpu_device(a) if isinstance(a, (str, torch.device)) else a for a in args)
+            args = tuple(_cpu_device(a) if isinstance(a, (str, int, torch.device)) else a for a in args)
         elif name == "type" and len(args) == 1 and not kwargs:
             # Tensor.type() with no argument: megatron asserts on "torch.cuda.FloatTensor" & co.
             type_name = func(*args)
