@@ -134,7 +134,8 @@ def test_format_prompt_uses_the_chat_template(tmp_path):
     ids = format_prompt(tok, messages)
     assert tok.decode(ids) == ("<|im_start|>system\nThink, then answer.<|im_end|>\n"
                                "<|im_start|>user\nWhat is 1 + 2?<|im_end|>\n<|im_start|>assistant\n")
-    assert format_prompt(tok, messages, add_generation_prompt=False) == ids[:-len(tok("<|im_start|>assistant\n")["input_ids"])]
+    without = format_prompt(tok, messages, add_generation_prompt=False)
+    assert tok.decode(ids[len(without):]) == "<|im_start|>assistant\n" and ids[:len(without)] == without
     with pytest.raises(ValueError, match="message 0"):
         format_prompt(tok, [{"role": "user"}])
     tok.chat_template = None

@@ -51,18 +51,19 @@ def test_pathological_item_times_out_scores_zero_and_is_counted():
 
 
 def test_stuck_worker_is_killed_at_the_hard_deadline_and_replaced():
-    # SIGSTOP freezes the worker so its own CPU timer cannot fire: only the parent's wall-clock
-    # deadline can end the item, as for a worker stuck inside C code.
-    with make_reward(RewardConfig(num_workers=1, timeout_s=0.5, kill_after_s=1.5)) as pool:
+    # The worker's own CPU timer (60 s) is longer than the parent's wall-clock deadline (3 s), as
+    # for a worker stuck inside C code that cannot run the timer's handler: the parent kills it.
+    with make_reward(RewardConfig(num_workers=1, timeout_s=60.0, kill_after_s=3.0)) as pool:
         (stuck_pid,) = pool.worker_pids()
-        os.kill(stuck_pid, signal.SIGSTOP)
-        results = _results(pool.submit(GOOD))
+        stuck = (PATHOLOGICAL[0].replace("\\boxed", "<think>t</think><answer>\\boxed") + "</answer>",
+                 PATHOLOGICAL[1])
+        results = _results(pool.submit([stuck] + GOOD))
         assert results[0].timed_out and results[0].accuracy == 0.0
         assert results[0].format == 1.0  # the format reward of a timed-out item still counts
         assert results[0].error == "killed after the hard deadline"
-        assert [r.accuracy for r in results[1:]] == GOOD_ACC[1:]  # requeued onto the new worker
+        assert [r.accuracy for r in results[1:]] == GOOD_ACC  # requeued onto the new worker
         assert pool.worker_pids() != [stuck_pid]
-        assert pool.counters() == {"items": 5, "timeouts": 1, "worker_deaths": 0, "errors": 0}
+        assert pool.counters() == {"items": 6, "timeouts": 1, "worker_deaths": 0, "errors": 0}
 
 
 def test_dead_worker_is_replaced_and_only_its_current_item_is_charged():

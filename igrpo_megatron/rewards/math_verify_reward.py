@@ -110,6 +110,7 @@ def _score_in_worker(completion: str, gold: str, timeout_s: float) -> tuple[floa
 def _worker_main(conn, timeout_s: float) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle; it closes us
     signal.signal(signal.SIGPROF, _raise_timeout)
+    conn.send(None)  # ready: from here on the worker is always either scoring or reading
     while True:
         try:
             chunk = conn.recv()
@@ -136,7 +137,15 @@ class _Worker:
     proc: mp.process.BaseProcess
     conn: "mp.connection.Connection"
     chunk: collections.deque = field(default_factory=collections.deque)  # in flight, head = current
-    item_started: float = 0.0
+    # Spawn time until ready, then the start of the current item; the hard deadline runs from it.
+    item_started: float = field(default_factory=time.monotonic)
+    # Chunks go only to a worker that said it is ready, so the dispatcher's send can never block
+    # on a child that hung between fork and its first read (a blocked send would stall the pool).
+    ready: bool = False
+
+    @property
+    def on_the_clock(self) -> bool:
+        return bool(self.chunk) or not self.ready
 
 
 class RewardPool:
@@ -232,32 +241,44 @@ class RewardPool:
         return _Worker(proc, parent_conn)
 
     def _run(self) -> None:
-        while True:
+        try:
+            while True:
+                with self._lock:
+                    if self._closed:
+                        return
+                self._dispatch_once()
+        except BaseException as e:  # a bug or a failed fork: fail every item rather than hang them
             with self._lock:
-                if self._closed:
-                    return
-            self._assign()
-            now = time.monotonic()
-            busy = [w.item_started + self.hard_deadline_s - now for w in self._workers if w.chunk]
-            ready = wait([self._wake_r] + [w.conn for w in self._workers],
-                         timeout=max(0.0, min(busy)) if busy else None)
-            for conn in ready:
-                if conn is self._wake_r:
-                    while self._wake_r.poll():
-                        self._wake_r.recv_bytes()
-                    continue
-                worker = next(w for w in self._workers if w.conn is conn)
-                self._receive(worker)
-            now = time.monotonic()
-            for w in list(self._workers):
-                if w.chunk and now - w.item_started > self.hard_deadline_s:
-                    self._receive(w)  # a result may have arrived just now
-                    if w in self._workers and w.chunk and now - w.item_started > self.hard_deadline_s:
-                        self._replace(w, timed_out=True)
+                self._closed = True
+                tasks = list(self._pending) + [t for w in self._workers for t in w.chunk]
+                self._pending.clear()
+            for task in tasks:
+                if not task.future.done():
+                    task.future.set_exception(RuntimeError(f"RewardPool dispatcher failed: {e!r}"))
+            raise
+
+    def _dispatch_once(self) -> None:
+        self._assign()
+        now = time.monotonic()
+        clocks = [w.item_started + self.hard_deadline_s - now for w in self._workers if w.on_the_clock]
+        ready = wait([self._wake_r] + [w.conn for w in self._workers],
+                     timeout=max(0.0, min(clocks)) if clocks else None)
+        for conn in ready:
+            if conn is self._wake_r:
+                while self._wake_r.poll():
+                    self._wake_r.recv_bytes()
+                continue
+            self._receive(next(w for w in self._workers if w.conn is conn))
+        now = time.monotonic()
+        for w in list(self._workers):
+            if w.on_the_clock and now - w.item_started > self.hard_deadline_s:
+                self._receive(w)  # a result may have arrived just now
+                if w in self._workers and w.on_the_clock and now - w.item_started > self.hard_deadline_s:
+                    self._replace(w, timed_out=True)
 
     def _assign(self) -> None:
         for w in self._workers:
-            if w.chunk:
+            if w.on_the_clock:
                 continue
             with self._lock:
                 size = max(1, min(self.cfg.chunk_size, math.ceil(len(self._pending) / self.num_workers)))
@@ -267,7 +288,7 @@ class RewardPool:
                     if task.future.running() or task.future.set_running_or_notify_cancel():
                         w.chunk.append(task)
             if not w.chunk:
-                return
+                return  # the queue is empty
             try:
                 w.conn.send([(t.id, t.item.completion, t.item.gold) for t in w.chunk])
                 w.item_started = time.monotonic()
@@ -277,7 +298,11 @@ class RewardPool:
     def _receive(self, w: _Worker) -> None:
         try:
             while w.conn.poll():
-                task_id, acc, fmt, status = w.conn.recv()
+                msg = w.conn.recv()
+                if msg is None:
+                    w.ready, w.item_started = True, time.monotonic()
+                    continue
+                task_id, acc, fmt, status = msg
                 task = w.chunk.popleft()
                 assert task.id == task_id, (task.id, task_id)
                 w.item_started = time.monotonic()
