@@ -127,7 +127,7 @@ class DataConfig:
 
     preset: Optional[Literal["math", "acereason", "synthetic"]] = None
     source: Optional[str] = None  # None: the preset's hub dataset
-    split: str = "train"
+    split: str = "train"  # hub datasets only; a local file is one split
     # None: the preset's value, else "problem" / "answer" / False (see data/loading.py PRESETS)
     prompt_field: Optional[str] = None
     answer_field: Optional[str] = None
