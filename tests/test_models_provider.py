@@ -82,6 +82,7 @@ def test_layouts_recompute_bf16_and_tied_embeddings(tiny_qwen2, tied_llama):
     assert c["llama_tied_pp2_logprob_diff"] <= 1e-6
     assert c["llama_tied_pp2_second_loss_diff"] <= 1e-6
     assert c["llama_tied_pp2_param_diff"] <= 1e-6
+    assert c["reference_logprob_diff"] == 0.0 and c["reference_has_optimizer"] == 0.0
 
 
 CPU_SHIM_CHECK = """

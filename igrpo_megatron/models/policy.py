@@ -194,19 +194,6 @@ class Policy:
                        lr=self.scheduler.get_lr(self.optimizer.param_groups[0]), update_ok=float(bool(update_ok)))
         return metrics
 
-    # -- accessors for checkpointing and weight export
-
-    @property
-    def lr(self) -> float:
-        return self.optimizer.param_groups[0]["lr"]
-
-    def copy_weights_from(self, other: "Policy") -> None:
-        """Make this model's weights equal to ``other``'s (same layout), e.g. reference := initial policy."""
-        with torch.no_grad():
-            for mine, theirs in zip(self.model_chunks, other.model_chunks):
-                for p, q in zip(mine.parameters(), theirs.parameters()):
-                    p.copy_(q)
-
 
 def _reduce_metrics(outputs: list[dict]) -> dict[str, float]:
     """Sum (max for ``*_max``) the last stage's per-micro-batch metrics over micro-batches and DP

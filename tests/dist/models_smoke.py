@@ -93,6 +93,11 @@ def tied_llama_pp2(llama_dir):
         policy = Policy(cfg, load_hf_config(llama_dir))
         b = batch(321)
         lp = policy.compute_logprobs(b)
+        if pp == 2:  # the reference model: same layout and weights, no gradients or optimizer
+            reference = Policy(cfg, load_hf_config(llama_dir), frozen=True)
+            check("reference_logprob_diff", (reference.compute_logprobs(b) - lp).abs().max())
+            check("reference_has_optimizer", reference.optimizer is not None)
+            del reference
         losses = [policy.train_step(b, sft, micro_batch_size=2)["loss"] for _ in range(2)]
         params = {n: t.clone() for n, t in iter_hf_weights(policy.model_chunks, policy.hf_cfg)}
         results[pp] = (lp, losses, params)
