@@ -111,6 +111,9 @@ class RewardConfig:
     # worker's own timer cannot interrupt). None: max(3 * timeout_s, timeout_s + 10).
     kill_after_s: Optional[float] = None
     chunk_size: int = 16  # items sent to a worker at once (fewer when the queue is short)
+    # True for chat templates whose generation prompt already ends with "<think>" (DeepSeek-R1
+    # distills): the completion then starts inside the monologue and the format check prepends it.
+    think_prefilled: bool = False
     judge_url: Optional[str] = None  # base URL of an OpenAI-compatible server, e.g. http://host:8000
     judge_model: Optional[str] = None
     judge_api_key_env: str = "IGRPO_JUDGE_API_KEY"  # name of the env var holding the key (may be unset)
