@@ -47,6 +47,13 @@ def test_format_reward(text, expected):
     assert format_reward(text) == expected
 
 
+def test_format_reward_with_a_prefilled_think_tag():
+    # R1-distill templates end the prompt with "<think>"; the completion starts inside it.
+    assert format_reward("reason</think><answer>19</answer>", think_prefilled=True) == 1.0
+    assert format_reward("reason</think><answer>19</answer>") == 0.0
+    assert format_reward("<think>reason</think><answer>19</answer>", think_prefilled=True) == 0.0  # two opens
+
+
 def test_format_reward_is_linear_on_long_unclosed_answers():
     # A quadratic pattern would take minutes here; this is a hang guard, not a timing assertion.
     text = "<think>" + "x" * 20000 + "</think><answer>" + "a " * 20000

@@ -88,6 +88,12 @@ def test_dead_worker_is_replaced_and_only_its_current_item_is_charged():
         assert pool.counters()["worker_deaths"] == 1
 
 
+def test_think_prefilled_reaches_the_workers():
+    with make_reward(RewardConfig(num_workers=1, think_prefilled=True)) as pool:
+        (r,) = pool.score([("7+12</think><answer>\\boxed{19}</answer>", "19")])
+    assert (r.accuracy, r.format, r.total) == (1.0, 1.0, 2.0)
+
+
 def test_score_async_scores_concurrent_groups():
     async def main(pool):
         drafts = [RewardItem(c, g, question="q") for c, g in GOOD]

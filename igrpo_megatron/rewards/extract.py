@@ -61,7 +61,10 @@ def extract_answer(text: str) -> Optional[str]:
     return None
 
 
-def format_reward(text: str) -> float:
-    """1.0 when ``text`` has exactly the ``<think>..</think><answer>..</answer>`` shape, else 0.0."""
-    match = _FORMAT_RE.fullmatch(text)
+def format_reward(text: str, think_prefilled: bool = False) -> float:
+    """1.0 when ``text`` has exactly the ``<think>..</think><answer>..</answer>`` shape, else 0.0.
+
+    ``think_prefilled``: the prompt ended with ``<think>``, so the completion starts after it.
+    """
+    match = _FORMAT_RE.fullmatch("<think>" + text if think_prefilled else text)
     return 1.0 if match is not None and match.group(1).strip() else 0.0

@@ -110,7 +110,7 @@ class JudgeReward:
 
     async def _score_one(self, session: aiohttp.ClientSession, limit: asyncio.Semaphore,
                          item: RewardItem) -> RewardResult:
-        fmt = format_reward(item.completion)
+        fmt = format_reward(item.completion, self.cfg.think_prefilled)
         self._counts["items"] += 1
         error = None
         try:

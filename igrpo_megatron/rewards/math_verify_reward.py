@@ -92,11 +92,12 @@ def _raise_timeout(signum, frame):
     raise _ItemTimeout()
 
 
-def _score_in_worker(completion: str, gold: str, timeout_s: float) -> tuple[float, float, str]:
+def _score_in_worker(completion: str, gold: str, cfg: RewardConfig) -> tuple[float, float, str]:
     """(accuracy, format, status) with status "" (ok), "timeout" or "error: ..."."""
-    fmt = format_reward(completion)  # linear-time regex, outside the timer: known even on timeout
+    # A linear-time regex, outside the timer: the format is known even when accuracy times out.
+    fmt = format_reward(completion, cfg.think_prefilled)
     try:
-        signal.setitimer(signal.ITIMER_PROF, timeout_s)
+        signal.setitimer(signal.ITIMER_PROF, cfg.timeout_s)
         try:
             return accuracy(completion, gold), fmt, ""
         finally:
@@ -107,7 +108,7 @@ def _score_in_worker(completion: str, gold: str, timeout_s: float) -> tuple[floa
         return 0.0, fmt, f"error: {type(e).__name__}: {e}"[:300]
 
 
-def _worker_main(conn, timeout_s: float) -> None:
+def _worker_main(conn, cfg: RewardConfig) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle; it closes us
     signal.signal(signal.SIGPROF, _raise_timeout)
     conn.send(None)  # ready: from here on the worker is always either scoring or reading
@@ -119,7 +120,7 @@ def _worker_main(conn, timeout_s: float) -> None:
         if chunk is None:
             return
         for task_id, completion, gold in chunk:
-            conn.send((task_id, *_score_in_worker(completion, gold, timeout_s)))
+            conn.send((task_id, *_score_in_worker(completion, gold, cfg)))
 
 
 # ---------------------------------------------------------------------------------- pool
@@ -234,7 +235,7 @@ class RewardPool:
 
     def _spawn(self) -> _Worker:
         parent_conn, child_conn = self._ctx.Pipe()
-        proc = self._ctx.Process(target=_worker_main, args=(child_conn, self.cfg.timeout_s),
+        proc = self._ctx.Process(target=_worker_main, args=(child_conn, self.cfg),
                                  name="reward-worker", daemon=True)
         proc.start()
         child_conn.close()  # so the parent sees EOF when the worker dies
@@ -331,7 +332,7 @@ class RewardPool:
         w.conn.close()
         if charge_head and w.chunk:
             head = w.chunk.popleft()
-            fmt = format_reward(head.item.completion)
+            fmt = format_reward(head.item.completion, self.cfg.think_prefilled)
             if timed_out:
                 self._finish(head, 0.0, fmt, "timeouts", error="killed after the hard deadline")
             else:
