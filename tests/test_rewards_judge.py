@@ -7,7 +7,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from igrpo_megatron.config import RewardConfig
+from igrpo_megatron.config import ConfigError, RewardConfig
 from igrpo_megatron.rewards import RewardItem, make_reward
 from igrpo_megatron.rewards.judge import parse_score
 
@@ -134,6 +134,11 @@ def test_unreachable_judge_falls_back_after_retries():
         (result,) = judge.score([("case:good", "1", "q")])
         assert result.accuracy == 0.1 and "failed after 2 retries" in result.error
         assert judge.counters()["request_failures"] == 1
+
+
+def test_judge_needs_url_and_model():
+    with pytest.raises(ConfigError, match="reward.judge_model"):
+        make_reward(RewardConfig(kind="judge", judge_url="http://127.0.0.1:1"))
 
 
 @pytest.mark.parametrize("reply, expected", [

@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 import aiohttp
 
-from igrpo_megatron.config import RewardConfig
+from igrpo_megatron.config import ConfigError, RewardConfig
 from igrpo_megatron.rewards.base import RewardItem, RewardResult, as_items, make_result
 from igrpo_megatron.rewards.extract import format_reward
 
@@ -72,8 +72,9 @@ class JudgeReward:
     request_failures (gave up after retries), retries."""
 
     def __init__(self, cfg: RewardConfig):
-        if not cfg.judge_url:
-            raise ValueError("reward.kind=judge needs reward.judge_url (an OpenAI-compatible endpoint)")
+        if not cfg.judge_url or not cfg.judge_model:
+            raise ConfigError("reward.kind=judge needs reward.judge_url (base URL of an OpenAI-compatible "
+                              "server) and reward.judge_model (the model name it serves)")
         self.cfg = cfg
         base = cfg.judge_url.rstrip("/")
         self.endpoint = base + ("/chat/completions" if base.endswith("/v1") else "/v1/chat/completions")
