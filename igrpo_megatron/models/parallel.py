@@ -101,8 +101,13 @@ def parallel_info() -> ParallelInfo:
         pp_size=ps.get_pipeline_model_parallel_world_size(),
         dp_rank=ps.get_data_parallel_rank(),
         dp_size=ps.get_data_parallel_world_size(),
-        device=torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu"),
+        device=current_device(),
     )
+
+
+def current_device() -> torch.device:
+    """Where this rank's tensors live: its GPU, or the CPU on machines without one."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
 def destroy_parallel(destroy_process_group: bool = False) -> None:

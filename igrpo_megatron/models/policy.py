@@ -18,6 +18,7 @@ import torch.distributed as dist
 from igrpo_megatron.batch import TrainBatch
 from igrpo_megatron.config import Config, ConfigError
 from igrpo_megatron.models.logprobs import compute_logprobs, model_forward_step
+from igrpo_megatron.models.parallel import current_device
 from igrpo_megatron.models.provider import HFModelConfig, build_model
 
 # loss_fn(logprobs [b,T], entropy [b,T], micro_batch, denominators) -> (loss, metrics)
@@ -29,18 +30,14 @@ def global_denominators(batch: TrainBatch) -> dict[str, torch.Tensor]:
     from megatron.core import parallel_state as ps
 
     mask = batch.response_mask.float()
-    counts = torch.stack([(mask.sum(1) > 0).sum().float(), mask.sum()]).to(_device())
+    counts = torch.stack([(mask.sum(1) > 0).sum().float(), mask.sum()]).to(current_device())
     if ps.get_data_parallel_world_size() > 1:
         dist.all_reduce(counts, group=ps.get_data_parallel_group())
     return {"num_sequences": counts[0].clamp_min(1), "num_tokens": counts[1].clamp_min(1)}
 
 
-def _device() -> torch.device:
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-
-
 def _to_device(batch: TrainBatch) -> TrainBatch:
-    device = _device()
+    device = current_device()
     return TrainBatch(**{k: None if v is None else v.to(device) for k, v in vars(batch).items()})
 
 
@@ -142,7 +139,7 @@ class Policy:
                                      temperature: Optional[float] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``[B, T]`` logprobs and entropy of ``batch.tokens`` (no gradient), on every rank, on CPU."""
         lp, ent = compute_logprobs(
-            self.model_chunks, batch.tokens.to(_device()),
+            self.model_chunks, batch.tokens.to(current_device()),
             micro_batch_size=micro_batch_size or self.cfg.train.micro_batch_size,
             temperature=self.temperature if temperature is None else temperature)
         return lp.cpu(), ent.cpu()
@@ -207,7 +204,7 @@ def _reduce_metrics(outputs: list[dict]) -> dict[str, float]:
         maxes = [n for n in names if n.endswith("_max")]
         s = torch.stack([sum(o[n] for o in outputs) for n in sums]) if sums else torch.zeros(0)
         m = torch.stack([torch.stack([o[n] for o in outputs]).max() for n in maxes]) if maxes else torch.zeros(0)
-        s, m = s.to(_device()), m.to(_device())
+        s, m = s.to(current_device()), m.to(current_device())
         if ps.get_data_parallel_world_size() > 1:
             dist.all_reduce(s, group=ps.get_data_parallel_group())
             dist.all_reduce(m, op=dist.ReduceOp.MAX, group=ps.get_data_parallel_group())
