@@ -32,6 +32,8 @@ def reference(odd_vocab_qwen2, tmp_path_factory):
 
 def test_single_process_step_matches_transformers_and_adamw(reference):
     c, _ = reference
+    assert c["fused_logprob_diff"] <= 1e-5 and c["fused_entropy_diff"] <= 1e-5
+    assert c["fused_grad_diff"] <= 1e-5 and c["fused_padded_grad_max"] == 0.0
     assert c["hf_logprob_diff"] <= 1e-5
     assert c["hf_entropy_diff"] <= 1e-5
     assert c["hf_loss_diff"] <= 1e-6

@@ -11,7 +11,6 @@ all-gather. Rows that only exist because the vocabulary was padded for TP are ma
 """
 from __future__ import annotations
 
-import contextlib
 from functools import partial
 from types import SimpleNamespace
 from typing import Callable, Iterable, Optional
@@ -20,53 +19,91 @@ import torch
 import torch.distributed as dist
 
 
+class _VocabParallelLogprobsEntropy(torch.autograd.Function):
+    """Forward and backward by hand so that only one vocabulary-sized buffer (the softmax) is kept
+    for backward and at most two exist at once; autograd through the plain formula would keep
+    several (scaled, masked, shifted logits, their exponentials, their product).
+
+    Gradients w.r.t. this rank's logits ``z`` (before the 1/T scaling), with p = softmax(z):
+    d logprob / dz_j = onehot_j - p_j and d entropy / dz_j = -p_j (log p_j + H). The upstream
+    gradients are the same on every TP rank (the loss is replicated), as in Megatron's own
+    vocab-parallel cross-entropy.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, targets, vocab_size, temperature):
+        from megatron.core import parallel_state as ps
+
+        group = ps.get_tensor_model_parallel_group()
+        tp = ps.get_tensor_model_parallel_world_size()
+
+        def tp_reduce(t, op=dist.ReduceOp.SUM):
+            if tp > 1:
+                dist.all_reduce(t, op=op, group=group)
+            return t
+
+        z = logits.to(torch.float32, copy=True)
+        if temperature != 1.0:
+            z.div_(temperature)
+        v_local = z.shape[-1]
+        start = ps.get_tensor_model_parallel_rank() * v_local
+        padded = None
+        if vocab_size is not None and start + v_local > vocab_size:
+            padded = torch.arange(start, start + v_local, device=z.device) >= vocab_size
+            z.masked_fill_(padded, float("-inf"))
+        z.sub_(tp_reduce(z.max(dim=-1, keepdim=True).values, dist.ReduceOp.MAX))  # shift: exp() cannot overflow
+
+        local = targets - start
+        owned = (local >= 0) & (local < v_local)
+        index = local.clamp(0, v_local - 1).unsqueeze(-1)
+        picked = tp_reduce(torch.where(owned, z.gather(-1, index).squeeze(-1), 0.0))
+
+        p = z.exp()
+        if padded is not None:
+            z.masked_fill_(padded, 0.0)  # p is 0 there; 0 * -inf would be nan in sum(p * z)
+        sum_exp = tp_reduce(p.sum(dim=-1))
+        p_dot_z = tp_reduce((p.unsqueeze(-2) @ z.unsqueeze(-1)).reshape(sum_exp.shape))
+        del z
+        log_z = sum_exp.log()
+        logprobs = picked - log_z
+        entropy = log_z - p_dot_z / sum_exp
+        p.div_(sum_exp.unsqueeze(-1))  # now the softmax itself
+        ctx.save_for_backward(p, index, owned, entropy)
+        ctx.temperature = temperature
+        ctx.set_materialize_grads(False)
+        return logprobs, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logprobs, grad_entropy):
+        p, index, owned, entropy = ctx.saved_tensors
+        grad = torch.zeros_like(p)
+        if grad_logprobs is not None:
+            grad.addcmul_(p, grad_logprobs.unsqueeze(-1), value=-1.0)
+            grad.scatter_add_(-1, index, torch.where(owned, grad_logprobs, 0.0).unsqueeze(-1))
+        if grad_entropy is not None:
+            term = torch.special.xlogy(p, p)  # p log p, 0 where p underflowed to 0
+            term.addcmul_(p, entropy.unsqueeze(-1))
+            grad.addcmul_(term, grad_entropy.unsqueeze(-1), value=-1.0)
+        if ctx.temperature != 1.0:
+            grad.div_(ctx.temperature)
+        return grad, None, None, None
+
+
 def vocab_parallel_logprobs(
     logits: torch.Tensor,
     targets: torch.Tensor,
     *,
     vocab_size: Optional[int] = None,
     temperature: float = 1.0,
-    entropy_grad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``log softmax(logits / T)[targets]`` and the entropy, for logits sharded over the TP group.
+    """``log softmax(logits / T)[targets]`` and the entropy of ``softmax(logits / T)``, for logits
+    sharded over the TP group; both fp32 and differentiable w.r.t. the logits.
 
     ``logits``: ``[..., V_local]`` this rank's vocabulary slice (rank r holds rows
     ``[r * V_local, (r + 1) * V_local)``); ``targets``: ``[...]`` global token ids. Rows at or beyond
-    ``vocab_size`` (TP padding) get zero probability. Both results are differentiable w.r.t. the
-    logits (the entropy only with ``entropy_grad``; otherwise it is computed without a graph, which
-    saves a vocabulary-sized buffer when the loss only logs it). Computed in fp32.
+    ``vocab_size`` (TP padding) get zero probability.
     """
-    from megatron.core import parallel_state as ps
-    from megatron.core.tensor_parallel.mappings import reduce_from_tensor_model_parallel_region as tp_sum
-
-    logits = logits.float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    v_local = logits.shape[-1]
-    start = ps.get_tensor_model_parallel_rank() * v_local
-    padded = None
-    if vocab_size is not None and start + v_local > vocab_size:
-        padded = torch.arange(start, start + v_local, device=logits.device) >= vocab_size
-        logits = logits.masked_fill(padded, float("-inf"))
-
-    with torch.no_grad():  # the shift only stabilises exp(); logsumexp does not depend on it
-        shift = logits.max(dim=-1, keepdim=True).values
-        if ps.get_tensor_model_parallel_world_size() > 1:
-            dist.all_reduce(shift, op=dist.ReduceOp.MAX, group=ps.get_tensor_model_parallel_group())
-    shifted = logits - shift
-    exp = shifted.exp()
-    sum_exp = tp_sum(exp.sum(dim=-1))
-    log_z = sum_exp.log()
-
-    local = targets - start
-    owned = (local >= 0) & (local < v_local)
-    picked = shifted.gather(-1, local.clamp(0, v_local - 1).unsqueeze(-1)).squeeze(-1)
-    logprobs = tp_sum(torch.where(owned, picked, torch.zeros_like(picked))) - log_z
-
-    with contextlib.nullcontext() if entropy_grad else torch.no_grad():
-        finite = shifted if padded is None else shifted.masked_fill(padded, 0.0)  # 0 * -inf would be nan
-        entropy = log_z - tp_sum((exp * finite).sum(dim=-1)) / sum_exp
-    return logprobs, entropy
+    return _VocabParallelLogprobsEntropy.apply(logits, targets, vocab_size, temperature)
 
 
 def token_logprobs(
@@ -75,7 +112,6 @@ def token_logprobs(
     *,
     vocab_size: Optional[int] = None,
     temperature: float = 1.0,
-    entropy_grad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Logprobs and entropy in the TrainBatch layout from logits ``[b, s, V_local]`` of ``tokens [b, s]``.
 
@@ -83,8 +119,7 @@ def token_logprobs(
     position ``t`` scores ``tokens[t]``, and position 0 is 0.
     """
     next_tokens = torch.roll(tokens, shifts=-1, dims=1)  # the last column is computed and dropped
-    lp, ent = vocab_parallel_logprobs(logits, next_tokens, vocab_size=vocab_size,
-                                      temperature=temperature, entropy_grad=entropy_grad)
+    lp, ent = vocab_parallel_logprobs(logits, next_tokens, vocab_size=vocab_size, temperature=temperature)
     return torch.nn.functional.pad(lp[:, :-1], (1, 0)), torch.nn.functional.pad(ent[:, :-1], (1, 0))
 
 
@@ -94,7 +129,6 @@ def model_forward_step(
     *,
     vocab_size: Optional[int],
     temperature: float,
-    entropy_grad: bool,
 ):
     """A Megatron ``forward_step_func`` over ``micro_batches`` (objects with a ``tokens [b, s]`` field).
 
@@ -104,8 +138,7 @@ def model_forward_step(
     """
 
     def loss_func(mb, output):
-        lp, ent = token_logprobs(output, mb.tokens, vocab_size=vocab_size, temperature=temperature,
-                                 entropy_grad=entropy_grad)
+        lp, ent = token_logprobs(output, mb.tokens, vocab_size=vocab_size, temperature=temperature)
         return loss_for(lp, ent, mb)
 
     def forward_step(data_iterator, model):
@@ -150,7 +183,7 @@ def compute_logprobs(
     def collect(lp, ent, mb):
         return lp.new_zeros(()), {"logprobs": lp, "entropy": ent}
 
-    step = model_forward_step(micro, collect, vocab_size=vocab_size, temperature=temperature, entropy_grad=False)
+    step = model_forward_step(micro, collect, vocab_size=vocab_size, temperature=temperature)
     outputs = get_forward_backward_func()(
         forward_step_func=step, data_iterator=iter(micro), model=model_chunks, num_microbatches=len(micro),
         seq_length=tokens.shape[1], micro_batch_size=micro_batch_size, forward_only=True)

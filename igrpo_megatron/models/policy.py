@@ -179,8 +179,7 @@ class Policy:
         self.optimizer.zero_grad()
         self.scheduler.step(1)  # the k-th update uses the schedule's LR at step k
         step = model_forward_step(micro, loss_for, vocab_size=self.hf_cfg.vocab_size,
-                                  temperature=self.temperature if temperature is None else temperature,
-                                  entropy_grad=self.cfg.loss.entropy_coef != 0)
+                                  temperature=self.temperature if temperature is None else temperature)
         outputs = get_forward_backward_func()(
             forward_step_func=step, data_iterator=iter(micro), model=self.model_chunks,
             num_microbatches=len(micro), seq_length=batch.tokens.shape[1], micro_batch_size=mbs,

@@ -99,9 +99,31 @@ def hf_reference_step(hf_dir, batch, cfg, lr, hf_cfg):
     return lp.detach(), ent.detach(), loss.item(), norm.item(), grads, params
 
 
+def check_hand_written_backward():
+    """vocab_parallel_logprobs' hand-written backward against autograd through log_softmax."""
+    from igrpo_megatron.models import vocab_parallel_logprobs
+
+    g = torch.Generator().manual_seed(0)
+    logits = (3 * torch.randn(3, 5, 40, generator=g)).requires_grad_()
+    targets = torch.randint(0, 37, (3, 5), generator=g)
+    w_lp, w_ent = torch.randn(3, 5, generator=g), torch.randn(3, 5, generator=g)
+    lp, ent = vocab_parallel_logprobs(logits, targets, vocab_size=37, temperature=TEMPERATURE)
+    (lp * w_lp + ent * w_ent).sum().backward()
+    ours = logits.grad.clone()
+    logits.grad = None
+    logp = torch.log_softmax(logits[..., :37] / TEMPERATURE, -1)
+    ref_lp, ref_ent = logp.gather(-1, targets[..., None]).squeeze(-1), -(logp.exp() * logp).sum(-1)
+    (ref_lp * w_lp + ref_ent * w_ent).sum().backward()
+    check("fused_logprob_diff", (lp - ref_lp).abs().max())
+    check("fused_entropy_diff", (ent - ref_ent).abs().max())
+    check("fused_grad_diff", (ours - logits.grad).abs().max())
+    check("fused_padded_grad_max", ours[..., 37:].abs().max())
+
+
 def run_ref(hf_dir, out):
     cfg = make_config(hf_dir)
     initialize_parallel(cfg.parallel, seed=1)
+    check_hand_written_backward()
     hf_cfg = load_hf_config(hf_dir)
     batch = make_batch(hf_cfg.vocab_size)
     policy = Policy(cfg, hf_cfg)
