@@ -60,7 +60,8 @@ CONFIG_FILE = "config.yaml"
 # across TP/PP/DP) versus the one tied to the DP buffer layout of a given TP x PP.
 RESHARDABLE_OPTIM_FORMATS = ("fully_reshardable", "fully_sharded_model_space")
 SAVE_OPTIM_FORMAT = "fully_reshardable"
-# Test hook: the named point SIGKILLs rank 0 there (simulates a node dying during a save).
+# Test hook: at the named point rank 0 SIGKILLs its process group, i.e. itself and the helper
+# processes dist_checkpointing's writer forks (simulates a node dying in the middle of a save).
 FAULT_ENV = "IGRPO_CKPT_FAULT"
 
 
@@ -219,7 +220,7 @@ def _save_strategy():
 def _fault_point(name: str) -> None:
     if os.environ.get(FAULT_ENV) == name and dist.get_rank() == 0:
         logger.warning("%s=%s: killing rank 0 on purpose", FAULT_ENV, name)
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.killpg(os.getpgid(0), signal.SIGKILL)
 
 
 def _write_json(path: str, obj: Any) -> None:
@@ -322,10 +323,19 @@ def resolve_checkpoint(path: str) -> str:
 
 
 def _check_optimizer_loadable(ckpt_dir: str, meta: dict, now: dict) -> None:
+    """Refuse, with the way out, the optimizer loads megatron-core cannot do."""
     saved_fmt, then = meta.get("optimizer_format"), meta["layout"]
     if saved_fmt is None:
         raise CheckpointError(f"{ckpt_dir} has no optimizer state (it was saved without an optimizer); "
                               f"load it with load_optimizer=False")
+    if then["distributed_optimizer"] != now["distributed_optimizer"]:
+        raise CheckpointError(
+            f"{ckpt_dir} holds {'distributed' if then['distributed_optimizer'] else 'plain'}-optimizer state, "
+            f"but this run uses the {'distributed' if now['distributed_optimizer'] else 'plain'} optimizer; "
+            f"megatron-core cannot convert optimizer state between the two. Set "
+            f"parallel.use_distributed_optimizer={str(then['distributed_optimizer']).lower()}, or load with "
+            f"load_optimizer=False (fresh Adam moments)"
+        )
     same_model_parallel = (then["tp"], then["pp"]) == (now["tp"], now["pp"])
     if saved_fmt not in RESHARDABLE_OPTIM_FORMATS and saved_fmt != "model_space" and not same_model_parallel:
         raise CheckpointError(

@@ -20,7 +20,7 @@ from igrpo_megatron.config import ModelConfig, ParallelConfig
 from igrpo_megatron.models.parallel import initialize_parallel
 from igrpo_megatron.models.provider import build_model, load_hf_config
 
-SEQ, MBS, MICRO_BATCHES_PER_DP = 16, 2, 2
+SEQ, MBS, GLOBAL_BATCH = 16, 2, 8  # the global batch is the same at every DP size
 
 
 def setup(hf_dir: str, tp: int, pp: int, distributed_optimizer: bool = True, dropout: float = 0.1,
@@ -82,20 +82,24 @@ class ExampleStream:
         self._order = self._shuffle()
 
 
-def _micro_batches(stream: ExampleStream, vocab: int):
-    """This DP rank's micro-batches of one global batch, with RNG-dependent corruption and masks."""
+def _micro_batches(stream: ExampleStream, vocab: int, noise: bool):
+    """This DP rank's micro-batches of the next global batch; ``noise`` adds the RNG-dependent
+    token corruption, loss-mask dropping and micro-batch order."""
     from megatron.core import parallel_state as ps
 
     dp, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
-    per_dp = MBS * MICRO_BATCHES_PER_DP
-    rows = stream.take(per_dp * dp)[dp_rank * per_dp:(dp_rank + 1) * per_dp]
+    per_dp = GLOBAL_BATCH // dp
+    rows = stream.take(GLOBAL_BATCH)[dp_rank * per_dp:(dp_rank + 1) * per_dp]
     tokens, labels = rows[:, :-1].clone(), rows[:, 1:]
-    corrupt = torch.rand(tokens.shape) < 0.1  # torch CPU generator
-    tokens[corrupt] = torch.randint(3, vocab, (int(corrupt.sum()),))
-    mask = torch.from_numpy(np.random.rand(*labels.shape) > 0.2).float()  # NumPy generator
+    mask = torch.ones(labels.shape)
+    if noise:
+        corrupt = torch.rand(tokens.shape) < 0.1  # torch CPU generator
+        tokens[corrupt] = torch.randint(3, vocab, (int(corrupt.sum()),))
+        mask = torch.from_numpy(np.random.rand(*labels.shape) > 0.2).float()  # NumPy generator
     batches = [dict(tokens=tokens[i:i + MBS], labels=labels[i:i + MBS], mask=mask[i:i + MBS])
                for i in range(0, per_dp, MBS)]
-    random.shuffle(batches)  # Python generator
+    if noise:
+        random.shuffle(batches)  # Python generator
     return batches
 
 
@@ -106,23 +110,34 @@ def _forward_step(data_iterator, model):
 
     def loss_func(output):
         loss = (output.float() * b["mask"]).sum() / b["mask"].sum().clamp(min=1)
-        return loss, {"loss": loss.detach()}
+        return loss, {"loss": loss.detach().clone()}  # megatron divides `loss` in place
 
     return per_token, loss_func
 
 
-def _report(per_micro: list[dict]) -> float:
-    """The global mean loss on every rank (last stage, TP rank 0 contribute; DP-averaged)."""
+def from_last_stage(value: torch.Tensor | None, shape, dtype=torch.float64) -> torch.Tensor:
+    """Make a value that lives on the last pipeline stage (TP rank 0, DP rank 0) known to every rank."""
     from megatron.core import parallel_state as ps
 
-    value = torch.zeros(1, dtype=torch.float64)
-    if ps.is_pipeline_last_stage() and ps.get_tensor_model_parallel_rank() == 0:
-        value += sum(float(d["loss"]) for d in per_micro) / len(per_micro)
-    dist.all_reduce(value)
-    return float(value) / ps.get_data_parallel_world_size()
+    out = torch.zeros(shape, dtype=dtype)
+    if ps.is_pipeline_last_stage() and ps.get_tensor_model_parallel_rank() == 0 and ps.get_data_parallel_rank() == 0:
+        out += value.to(dtype)
+    dist.all_reduce(out)
+    return out
 
 
-def train_step(model, optimizer, scheduler, stream: ExampleStream, vocab: int) -> float:
+def _report(per_micro: list[dict]) -> float:
+    """The global mean loss, on every rank."""
+    from megatron.core import parallel_state as ps
+
+    local = torch.zeros(1, dtype=torch.float64)
+    if ps.is_pipeline_last_stage():
+        local += sum(float(d["loss"]) for d in per_micro) / len(per_micro)
+    dist.all_reduce(local, group=ps.get_data_parallel_group())
+    return float(from_last_stage(local / ps.get_data_parallel_world_size(), (1,)))
+
+
+def train_step(model, optimizer, scheduler, stream: ExampleStream, vocab: int, noise: bool = True) -> float:
     """One optimizer step on one global batch; returns the global mean loss (same on all ranks)."""
     from megatron.core.distributed import finalize_model_grads
     from megatron.core.pipeline_parallel import get_forward_backward_func
@@ -134,7 +149,7 @@ def train_step(model, optimizer, scheduler, stream: ExampleStream, vocab: int) -
     model.train()
     model.zero_grad_buffer()
     optimizer.zero_grad()
-    batches = _micro_batches(stream, vocab)
+    batches = _micro_batches(stream, vocab, noise)
     per_micro = get_forward_backward_func()(
         forward_step_func=_forward_step, data_iterator=iter(batches), model=[model],
         num_microbatches=len(batches), seq_length=SEQ, micro_batch_size=MBS, forward_only=False,

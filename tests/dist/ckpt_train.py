@@ -1,10 +1,12 @@
 """Train N steps with a checkpoint every k, resuming from the newest checkpoint if there is one.
 
-Prints ``LOSS <step> <float.hex>`` per step, ``SAVED <step>`` after each checkpoint and
+Prints ``PID <pid>`` (every rank, so a test can SIGKILL the workers: torchrun starts each in its
+own session), ``LOSS <step> <float.hex>`` per step, ``SAVED <step>`` after each checkpoint and
 ``RESUMED <step>`` after a load (rank 0). ``--pause-after-save S`` sleeps after the checkpoint of
 step S so that the test's SIGKILL lands at a known point.
 """
 import argparse
+import os
 import time
 
 import torch.distributed as dist
@@ -29,6 +31,7 @@ def main():
     vocab = load_hf_config(args.hf).vocab_size
     model, optimizer, scheduler = setup(args.hf, args.tp, args.pp)
     stream = ExampleStream(num_examples=24, vocab=vocab)  # 24 examples, 8 per step: epochs roll over
+    print(f"PID {os.getpid()}", flush=True)
     rank0 = dist.get_rank() == 0
     start = 0
     if find_latest(args.ckpt) is not None:
