@@ -119,3 +119,37 @@ def test_sharded_writer_and_lazy_reader(tmp_path):
 def test_reader_names_a_folder_without_weights(tmp_path):
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
         HFSafetensors(str(tmp_path))
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_sliced_import_equals_shard_of_full_tensor(tmp_path, tp):
+    """Import reads only each rank's HF slices; that must equal cutting the full Megatron tensor."""
+    cfg = _cfg(num_attention_heads=8, num_kv_heads=2, head_dim=3, vocab_size=333)
+    h, ffn, padded = 8, 10, 336
+    g = torch.Generator().manual_seed(0)
+    hf = {
+        "model.embed_tokens.weight": torch.randn(333, h, generator=g),
+        "lm_head.weight": torch.randn(333, h, generator=g),
+        "model.norm.weight": torch.randn(h, generator=g),
+        "model.layers.0.input_layernorm.weight": torch.randn(h, generator=g),
+        "model.layers.0.post_attention_layernorm.weight": torch.randn(h, generator=g),
+        "model.layers.0.self_attn.o_proj.weight": torch.randn(h, 24, generator=g),
+        "model.layers.0.mlp.gate_proj.weight": torch.randn(ffn, h, generator=g),
+        "model.layers.0.mlp.up_proj.weight": torch.randn(ffn, h, generator=g),
+        "model.layers.0.mlp.down_proj.weight": torch.randn(h, ffn, generator=g),
+    }
+    for p, rows in (("q", 24), ("k", 6), ("v", 6)):
+        hf[f"model.layers.0.self_attn.{p}_proj.weight"] = torch.randn(rows, h, generator=g)
+        hf[f"model.layers.0.self_attn.{p}_proj.bias"] = torch.randn(rows, generator=g)
+    save_safetensors_shards(hf.items(), str(tmp_path), max_shard_bytes=2000)
+    wmap = WeightMap(cfg)
+    names = [k.replace("{}", "0") for k in wmap.table]
+    with HFSafetensors(str(tmp_path)) as src:
+        for name in names:
+            rule, sources = wmap.rule(name)
+            full = to_megatron(rule.layout, [hf[s] for s in sources], wmap.dims, rows=padded)
+            for rank in range(tp):
+                want = shard(full, rule.split, tp, rank)
+                got = wmap.to_megatron_shard(name, src, want.shape[0], tp, rank)
+                assert torch.equal(got, want), (name, rank)
+        assert src.used == set(hf)

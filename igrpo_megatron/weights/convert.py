@@ -101,8 +101,8 @@ def _checkpoint_dtype(ckpt_dir: str) -> str:
     from torch.distributed.checkpoint import FileSystemReader
 
     meta = FileSystemReader(ckpt_dir).read_metadata().state_dict_metadata
-    key = next((k for k in meta if k.endswith("word_embeddings.weight")), None)
-    if key is None:
+    key = "embedding.word_embeddings.weight"  # the model's own key (optimizer state keys extend it)
+    if key not in meta:
         raise WeightMappingError(f"{ckpt_dir}: no embedding.word_embeddings.weight in the checkpoint; "
                                  f"it is not a GPT model checkpoint")
     return _DTYPE_NAMES[meta[key].properties.dtype]

@@ -22,11 +22,12 @@ _WEIGHT_INDEXES = (INDEX_FILE, "pytorch_model.bin.index.json")
 
 
 class HFSafetensors:
-    """Read tensors by HF name from a folder (sharded with an index, or a single file)."""
+    """Read tensors (or slices of them) by HF name from a folder (sharded with an index, or a single file)."""
 
     def __init__(self, folder: str):
         self.folder = folder
         self._handles: dict = {}
+        self.used: set[str] = set()  # names read so far (an import checks nothing was left over)
         index = os.path.join(folder, INDEX_FILE)
         if os.path.exists(index):
             with open(index, encoding="utf-8") as f:
@@ -55,14 +56,27 @@ class HFSafetensors:
     def names(self) -> set[str]:
         return set(self.file_of)
 
-    def get(self, name: str) -> torch.Tensor:
+    def _slice(self, name: str):
         if name not in self.file_of:
             raise KeyError(f"{self.folder} holds no tensor {name!r}; its config.json does not match its weights")
-        return self._open(self.file_of[name]).get_tensor(name)
+        return self._open(self.file_of[name]).get_slice(name)
+
+    def shape(self, name: str) -> list[int]:
+        return list(self._slice(name).get_shape())
+
+    def get(self, name: str, dim: Optional[int] = None, start: int = 0, stop: Optional[int] = None) -> torch.Tensor:
+        """The tensor ``name``, or only its ``[start:stop)`` slice along ``dim`` (read from disk alone)."""
+        sl = self._slice(name)
+        self.used.add(name)
+        if dim is None:
+            return sl[:]
+        index = [slice(None)] * len(sl.get_shape())
+        index[dim] = slice(start, stop)
+        return sl[tuple(index)]
 
     def dtype(self, name: str) -> str:
         """The stored dtype of ``name`` as safetensors spells it (``F32``, ``BF16``, ...), without reading data."""
-        return self._open(self.file_of[name]).get_slice(name).get_dtype()
+        return self._slice(name).get_dtype()
 
     def close(self) -> None:
         self._handles.clear()

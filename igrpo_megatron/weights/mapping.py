@@ -30,7 +30,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import torch
 
@@ -229,11 +229,31 @@ class WeightMap:
         rule, hf_names = self.rule(name)
         return list(zip(hf_names, to_hf(rule.layout, full, self.dims, self.vocab_size, len(hf_names))))
 
-    def to_megatron(self, name: str, read: Callable[[str], torch.Tensor], rows: int) -> torch.Tensor:
-        """The Megatron full tensor for ``name``; ``read(hf_name)`` supplies HF tensors, ``rows`` is
-        dim 0 of the full tensor (used for the padded vocabulary)."""
+    def to_megatron_shard(self, name: str, src, local_rows: int, tp_size: int, tp_rank: int) -> torch.Tensor:
+        """This TP rank's shard of Megatron parameter ``name``, built from only the HF slices it needs.
+
+        ``src`` is an :class:`~igrpo_megatron.weights.hf_io.HFSafetensors`: ``src.get(hf_name, dim,
+        start, stop)`` reads an HF tensor or its ``[start:stop)`` slice along ``dim``, and
+        ``src.shape(hf_name)`` its shape. ``local_rows`` is dim 0 of the shard (it fixes the padded vocabulary).
+        Equal to ``shard(to_megatron(full HF tensors), split, tp_size, tp_rank)``: each rank owns
+        whole query groups and a matching chunk of gate and of up, so slicing every HF source
+        along the split dim and applying the layout with per-rank head counts gives the shard.
+        """
         rule, _ = self.rule(name)
-        return to_megatron(rule.layout, [read(h) for h in self.hf_sources(name)], self.dims, rows)
+        sources, split = self.hf_sources(name), rule.split
+        if split.dim is None or tp_size == 1:
+            return to_megatron(rule.layout, [src.get(h) for h in sources], self.dims, local_rows)
+        if rule.layout is Layout.VOCAB:  # rows [r*R, (r+1)*R) of the padded table; past vocab_size: zeros
+            start, stop = (min(i * local_rows, self.vocab_size) for i in (tp_rank, tp_rank + 1))
+            return to_megatron(Layout.VOCAB, [src.get(sources[0], 0, start, stop)], self.dims, local_rows)
+        # a stacked tensor must be split per stacked block, or slicing each source would not match
+        assert rule.layout is not Layout.STACK or split.parts == len(sources), (name, split)
+        pieces = []
+        for h in sources:
+            size = src.shape(h)[split.dim] // tp_size
+            pieces.append(src.get(h, split.dim, tp_rank * size, (tp_rank + 1) * size))
+        local_dims = AttentionDims(self.dims.num_heads // tp_size, self.dims.num_kv_heads // tp_size, self.dims.head_dim)
+        return to_megatron(rule.layout, pieces, local_dims)
 
     def split(self, name: str) -> TPSplit:
         return self.rule(name)[0].split

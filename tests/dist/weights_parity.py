@@ -102,21 +102,29 @@ def run_case(case_dir, tp, pp, ids, reference):
     destroy_parallel()
 
 
-def run_negative_controls(case_dir, ids, reference, tp=2):
-    """A naive [Q;K;V] concatenation and a naive dim-0 fc1 split (at TP=2) must both break parity."""
+def run_negative_controls(case_dir, ids, reference):
+    """Deliberately wrong tables must be caught: a naive [Q;K;V] qkv layout breaks logits parity
+    (at TP1, where the rank holds several query groups), and a naive dim-0 split of fc1 (instead of
+    [gate_r; up_r] per rank) breaks the exported gate/up tensors at TP2."""
     hf_cfg = load_hf_config(case_dir)
     base = WeightMap(hf_cfg).table
-    qkv = "decoder.layers.{}.self_attention.linear_qkv.weight"
-    fc1 = "decoder.layers.{}.mlp.linear_fc1.weight"
-    wrong = {"naive_qkv": {**base, qkv: replace(base[qkv], layout=Layout.STACK)},
-             "naive_fc1_split": {**base, fc1: replace(base[fc1], split=COLUMN)}}
-    for label, table in wrong.items():
-        _, model = build_and_load(case_dir, tp, 1, weight_map=WeightMap(hf_cfg, table=table))
-        with torch.no_grad():
-            logits = megatron_logits(model, ids, hf_cfg.vocab_size)
-        if dist.get_rank() == 0:
-            check(f"negative_{label}_tp{tp}", (logits - reference).abs().max().item())
-        destroy_parallel()
+    qkv, fc1 = "decoder.layers.{}.self_attention.linear_qkv.weight", "decoder.layers.{}.mlp.linear_fc1.weight"
+    naive_qkv = WeightMap(hf_cfg, table={**base, qkv: replace(base[qkv], layout=Layout.STACK)})
+    _, model = build_and_load(case_dir, 1, 1, weight_map=naive_qkv)
+    with torch.no_grad():
+        logits = megatron_logits(model, ids, hf_cfg.vocab_size)
+    if dist.get_rank() == 0:
+        check("negative_naive_qkv_tp1", (logits - reference).abs().max().item())
+    destroy_parallel()
+
+    naive_fc1 = WeightMap(hf_cfg, table={**base, fc1: replace(base[fc1], split=COLUMN)})
+    _, model = build_and_load(case_dir, 2, 1)
+    exported = dict(t for bucket in export_hf_weights([model], hf_cfg, weight_map=naive_fc1) for t in bucket)
+    if dist.get_rank() == 0:
+        with HFSafetensors(case_dir) as src:
+            wrong = sum((src.get(n) != t).sum().item() for n, t in exported.items() if "mlp.gate_proj" in n)
+        check("negative_naive_fc1_split_tp2_wrong_gate_elems", wrong)
+    destroy_parallel()
 
 
 def main(layouts, case_dirs, negative):
