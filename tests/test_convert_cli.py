@@ -99,6 +99,7 @@ def test_clear_errors(hf_dir, tmp_path, capsys):
     assert main(["from-hf", "--hf", str(no_weights), "--out", str(tmp_path / "o3")]) == 2
     err = capsys.readouterr().err
     assert "safetensors" in err and str(no_weights) in err
+    assert not (tmp_path / "o3").exists()  # a failed conversion leaves no half-written output
 
     assert main(["to-hf", "--ckpt", str(tmp_path / "missing_ckpt"), "--out", str(tmp_path / "o4")]) == 2
     assert "missing_ckpt" in capsys.readouterr().err

@@ -60,24 +60,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run(args: argparse.Namespace) -> str:
+def _convert(args: argparse.Namespace) -> str:
     from igrpo_megatron.weights.convert import checkpoint_to_hf, hf_to_checkpoint
 
     if args.command == "from-hf":
-        if not os.path.isdir(args.hf):
-            raise FileNotFoundError(f"--hf {args.hf}: no such folder")
-        _prepare_output(args.out, args.force)
         with tqdm(desc="from-hf: loading HF weights", unit="tensor") as bar:
             path = hf_to_checkpoint(args.hf, args.out, dtype=args.dtype, progress=bar)
         return f"wrote Megatron checkpoint {path}"
-    if not os.path.exists(args.ckpt):
-        raise FileNotFoundError(f"--ckpt {args.ckpt}: no such checkpoint folder")
-    _prepare_output(args.out, args.force)
     with tqdm(desc="to-hf: writing safetensors", unit="B", unit_scale=True, unit_divisor=1024) as bar:
         index = checkpoint_to_hf(args.ckpt, args.out, base_hf=args.base_hf, dtype=args.dtype,
                                  max_shard_bytes=args.max_shard_size, progress=bar)
     shards = len(set(index["weight_map"].values()))
     return f"wrote HF folder {args.out} ({len(index['weight_map'])} tensors in {shards} shard(s))"
+
+
+def run(args: argparse.Namespace) -> str:
+    """Check the inputs, prepare ``--out``, convert; a failed conversion leaves no half-written output."""
+    source = args.hf if args.command == "from-hf" else args.ckpt
+    if not os.path.exists(source):
+        flag = "--hf" if args.command == "from-hf" else "--ckpt"
+        raise FileNotFoundError(f"{flag} {source}: no such folder")
+    _prepare_output(args.out, args.force)
+    try:
+        return _convert(args)
+    except BaseException:
+        shutil.rmtree(args.out, ignore_errors=True)
+        raise
 
 
 def main(argv=None) -> int:

@@ -16,6 +16,9 @@ small pure function here:
    half*: rank r holds ``[gate_r; up_r]``, not rows ``r/tp`` of ``[gate; up]`` (a naive dim-0 split
    of the fused tensor mixes gate and up rows and breaks SwiGLU). ``linear_qkv``'s contiguous dim-0
    split is right because each rank owns whole query groups (``num_kv_heads % tp == 0``).
+   Export gathers the shards and applies :func:`unshard`; import never builds the full tensor: it
+   reads each HF source's matching slice and applies the layout per rank
+   (:meth:`WeightMap.to_megatron_shard`, checked equal to :func:`shard` of the full tensor).
 
 The table names Megatron parameters as a GPTModel at TP=1/PP=1 would, with a *global* layer
 index; pipeline stages translate their local layer numbers before looking up (see
@@ -111,7 +114,8 @@ class WeightMappingError(ValueError):
 
 
 def shard(full: torch.Tensor, split: TPSplit, tp_size: int, tp_rank: int) -> torch.Tensor:
-    """This TP rank's piece of a Megatron full tensor (a view where possible)."""
+    """This TP rank's piece of a Megatron full tensor (a view where possible): the definition of
+    the TP layout, inverse of :func:`unshard`."""
     if split.dim is None or tp_size == 1:
         return full
     blocks = full.chunk(split.parts, dim=split.dim)
