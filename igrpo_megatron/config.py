@@ -198,6 +198,9 @@ class TrainConfig:
     save_every: int = 50
     keep_last: int = 3
     resume: bool = True  # continue from output_dir/checkpoints/latest if present
+    # False: resume weights, schedule, RNG and data position but start Adam afresh (e.g. after
+    # switching parallel.use_distributed_optimizer, whose state megatron-core cannot convert)
+    load_optimizer: bool = True
     log_every: int = 1
     tensorboard: bool = True
 
