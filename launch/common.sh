@@ -17,6 +17,7 @@
 #   RDZV_PORT         torchrun c10d rendezvous port on the first training node              [29500]
 #   SERVER_TIMEOUT_S  seconds to wait for every server's /health    [rollout.startup_timeout_s]
 #   LOG_ROOT          a folder per job is made under it for the server logs  [$IGRPO_ROOT/logs]
+#   STOP_TIMEOUT_S    grace period for the servers to shut down at the end of the job       [60]
 #   SERVE_CMD         the server command (tests swap in a stand-in)   [$PY -m igrpo_megatron.cli.serve]
 #   TRAIN_ENTRY       what torchrun runs                            [-m igrpo_megatron.cli.train]
 # Extra arguments of the sbatch script are appended to the trainer's overrides.
@@ -96,20 +97,23 @@ igrpo_wait_servers() {
 
 # On any exit: SIGTERM every process of the server steps (scancel on the step; a signal to the
 # srun client itself makes srun SIGKILL the step, with no graceful vLLM shutdown) and of the
-# trainer step if it is still running; give them 30 s, then kill what is left.
+# trainer step if it is still running; give them $STOP_TIMEOUT_S seconds, then kill what is left.
 igrpo_cleanup() {
-  local step pid
-  for step in $(squeue -h -s -j "$SLURM_JOB_ID" -o '%i %j' 2>/dev/null | awk '$2 ~ /^igrpo-(serve|train)$/ {print $1}'); do
-    scancel --signal=TERM "$step" 2>/dev/null || true
-  done
-  for _ in $(seq 30); do
-    local alive=0
-    for pid in "${SERVE_PIDS[@]}" ${TRAIN_PID:-}; do kill -0 "$pid" 2>/dev/null && alive=1; done
-    (( alive )) || break
+  local steps step pid left=0
+  steps=$(squeue -h -s -j "$SLURM_JOB_ID" -o '%i %j' 2>/dev/null | awk '$2 ~ /^igrpo-(serve|train)$/ {print $1}')
+  for step in $steps; do scancel --signal=TERM "$step" 2>/dev/null || true; done
+  for _ in $(seq "${STOP_TIMEOUT_S:-60}"); do
+    left=0
+    for pid in "${SERVE_PIDS[@]}" ${TRAIN_PID:-}; do kill -0 "$pid" 2>/dev/null && left=1; done
+    (( left )) || break
     sleep 1
   done
-  for pid in "${SERVE_PIDS[@]}" ${TRAIN_PID:-}; do kill -KILL "$pid" 2>/dev/null || true; done
-  igrpo_log "servers stopped"
+  if (( left )); then
+    igrpo_log "steps still running after ${STOP_TIMEOUT_S:-60}s; killing them"
+    for step in $steps; do scancel --signal=KILL "$step" 2>/dev/null || true; done
+  else
+    igrpo_log "servers stopped"
+  fi
 }
 
 # The whole job. Arguments: extra trainer overrides.

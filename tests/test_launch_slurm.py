@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import time
 
@@ -121,3 +122,44 @@ def test_sbatch_rejects_a_bad_config_before_starting_anything(slurm_conf, tmp_pa
     assert state == "FAILED", log
     assert "igrpo.group_budget" in log and "does not load" in log
     assert not list((tmp_path / "probe").iterdir())
+
+
+def test_sbatch_runs_the_real_trainer_for_one_step_against_the_servers_it_started(slurm_conf, tmp_path, tiny_qwen2):
+    """No stand-ins: igrpo-serve (vLLM, CPU build) on the rollout side, igrpo-train on 2 ranks
+    (Megatron TP=2) under the job's torchrun; one step, whose refit must reach the server."""
+    pytest.importorskip("vllm")
+    import yaml
+
+    from igrpo_megatron.metrics import read_metrics
+
+    run = tmp_path / "run"
+    cfg = {
+        "model": {"hf_path": tiny_qwen2, "dtype": "fp32"},
+        "parallel": {"tp": 2, "use_distributed_optimizer": False},
+        "optim": {"lr": 1e-3, "warmup_ratio": 0.0, "min_lr_ratio": 1.0},
+        "igrpo": {"num_drafts": 2, "num_refinements": 2, "group_budget": 4},
+        "reward": {"num_workers": 1},
+        "data": {"preset": "synthetic", "synthetic_size": 16},
+        "rollout": {"port": 18285, "dtype": "float32", "enforce_eager": True, "kv_cache_memory_bytes": 1 << 27,
+                    "max_model_len": 1024, "max_prompt_tokens": 900, "max_tokens": 8, "temperature": 1.0,
+                    "startup_timeout_s": 600, "refit_transport": "disk", "refit_dir": str(tmp_path / "refit")},
+        "train": {"output_dir": str(run), "prompts_per_step": 2, "micro_batch_size": 4, "max_steps": 1,
+                  "save_every": 100, "tensorboard": False},
+    }
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    env = {"CONFIG": str(tmp_path / "run.yaml"), "ROLLOUT_NODES": "0", "GPUS_PER_NODE": "2",
+           "SERVERS_PER_NODE": "1", "RDZV_PORT": "18291", "LOG_ROOT": str(tmp_path / "logs"), "OMP_NUM_THREADS": "1"}
+    state, code, log = _sbatch(slurm_conf, tmp_path, env, [], timeout=900)
+    log += "".join(f"\n== {f}\n" + f.read_text()[-3000:] for f in (tmp_path / "logs").rglob("*.log"))
+    assert (state, code) == ("COMPLETED", "0:0"), log
+    records = read_metrics(str(run))
+    assert [r["step"] for r in records] == [1], log
+    # The weights of step 1 reached the server the job started (and were read back from it).
+    assert records[0]["weight_version"] == records[0]["server_weight_version"] == 1
+    assert records[0]["num_samples"] == 2 * 2
+    serve_log = next((tmp_path / "logs").rglob("serve_localhost_0.log")).read_text()
+    assert "serving" in serve_log and "http://" in serve_log
+    # The job ended only after the server's step did: nothing listens on its port (TIME_WAIT aside).
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("0.0.0.0", 18285))
