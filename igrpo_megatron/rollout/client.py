@@ -123,7 +123,7 @@ class RolloutClient:
         self.retries = 0
         self._next = itertools.cycle(range(len(self.server_urls)))
         self._down_until = [0.0] * len(self.server_urls)
-        self._loop = self._session_obj = self._sem = None
+        self._per_loop: dict = {}  # event loop -> (aiohttp session, semaphore)
 
     @classmethod
     def from_config(cls, cfg: "RolloutConfig", server_urls: Sequence[str], api_key: str) -> "RolloutClient":
@@ -182,24 +182,24 @@ class RolloutClient:
         return asyncio.run(run())
 
     async def aclose(self) -> None:
-        if self._session_obj is not None:
-            await self._session_obj.close()
-        self._loop = self._session_obj = self._sem = None
+        """Close the HTTP session of the running event loop."""
+        session_sem = self._per_loop.pop(asyncio.get_running_loop(), None)
+        if session_sem is not None:
+            await session_sem[0].close()
 
     # ------------------------------------------------------------------ internals
 
     def _session(self):
-        """An aiohttp session and semaphore bound to the running event loop."""
+        """The aiohttp session and semaphore of the running event loop (aiohttp objects are
+        bound to one loop; the sync wrapper and threads each run their own)."""
         import aiohttp
 
         loop = asyncio.get_running_loop()
-        if self._loop is not loop:
-            self._loop = loop
-            self._session_obj = aiohttp.ClientSession(
-                headers={"Authorization": f"Bearer {self.api_key}"},
-                timeout=aiohttp.ClientTimeout(total=self.request_timeout_s))
-            self._sem = asyncio.Semaphore(self.concurrency)
-        return self._session_obj, self._sem
+        if loop not in self._per_loop:
+            session = aiohttp.ClientSession(headers={"Authorization": f"Bearer {self.api_key}"},
+                                            timeout=aiohttp.ClientTimeout(total=self.request_timeout_s))
+            self._per_loop[loop] = (session, asyncio.Semaphore(self.concurrency))
+        return self._per_loop[loop]
 
     def _pick_server(self) -> int:
         """Round-robin, skipping servers that failed recently while another one is available."""
