@@ -29,9 +29,14 @@ RESULT_FILE = "demo_result.json"  # accuracy before/after RL, read by benchmarks
 DEMO_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo.yaml")
 
 
-def solution_text(answer: str) -> str:
-    """The completion the warm-up teaches: the reward's format with the answer inside."""
-    return f"<think>The result is {answer}.</think> <answer>{answer}</answer>"
+def solution_text(question: str, answer: str) -> str:
+    """The completion the warm-up teaches: the reward's format, the sum written out, the answer.
+
+    Writing the expression next to its result lets a two-layer model attend to the operands
+    right where it produces the digits.
+    """
+    expression = question.removeprefix("What is ").removesuffix("?")
+    return f"<think>{expression} = {answer}</think> <answer>{answer}</answer>"
 
 
 def _wrong(answer: str, rng: random.Random) -> str:
@@ -54,12 +59,12 @@ def warmup_batch(trainer, items, rng: random.Random):
     eos = [tok.eos_token_id]
     rows = []
     for i, item in enumerate(items):
-        target = tok.encode(solution_text(item.answer), add_special_tokens=False) + eos
+        target = tok.encode(solution_text(item.question, item.answer), add_special_tokens=False) + eos
         if i % 2 == 0:
             prompt = format_prompt(tok, build_prompt_messages(item.question))
         else:
             draft_answer = item.answer if rng.random() < 0.5 else _wrong(item.answer, rng)
-            draft = tok.encode(solution_text(draft_answer), add_special_tokens=False) + eos
+            draft = tok.encode(solution_text(item.question, draft_answer), add_special_tokens=False) + eos
             prompt = refinement_prompt_ids(
                 item.question, draft, render=trainer.rollout.render, encode=trainer.rollout.encode,
                 max_prompt_tokens=trainer.cfg.rollout.max_prompt_tokens)
@@ -81,7 +86,8 @@ def warm_up(trainer, steps: int, batch_size: int, seed: int) -> None:
 
     rng = random.Random(seed)
     d = trainer.cfg.data
-    data = synthetic_examples(steps * batch_size, seed + 1, d.synthetic_max_operand)
+    data = synthetic_examples(steps * batch_size, seed + 1, d.synthetic_max_operand, d.synthetic_ops,
+                              d.synthetic_num_operands)
     par = trainer.par
     for step in range(steps):
         items = data[step * batch_size:(step + 1) * batch_size]
@@ -91,7 +97,7 @@ def warm_up(trainer, steps: int, batch_size: int, seed: int) -> None:
                                         trainer.pad_id)
         metrics = trainer.policy.train_step(
             shard, lambda logprobs, entropy, micro, den: sft_loss(logprobs, micro.response_mask, den["num_tokens"]))
-        if trainer.is_driver and (step % 10 == 0 or step == steps - 1):
+        if trainer.is_driver and (step % 25 == 0 or step == steps - 1):
             print(f"[demo] warm-up step {step + 1:>3}/{steps}  nll {float(metrics['sft_nll']):.3f}", flush=True)
 
 
@@ -104,7 +110,7 @@ def held_out_accuracy(trainer, num_prompts: int, samples: int, seed: int) -> flo
     if not trainer.is_driver:
         return float("nan")
     d = trainer.cfg.data
-    items = synthetic_examples(num_prompts, seed, d.synthetic_max_operand)
+    items = synthetic_examples(num_prompts, seed, d.synthetic_max_operand, d.synthetic_ops, d.synthetic_num_operands)
 
     async def run():
         jobs = []
@@ -125,7 +131,8 @@ def worker(argv: list[str]) -> None:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", default=DEMO_CONFIG)
-    parser.add_argument("--warmup-steps", type=int, default=60)
+    parser.add_argument("--warmup-steps", type=int, default=150)
+    parser.add_argument("--warmup-batch", type=int, default=16)
     parser.add_argument("--eval-prompts", type=int, default=64)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
@@ -135,7 +142,7 @@ def worker(argv: list[str]) -> None:
     with Trainer(cfg) as trainer:
         say = print if trainer.is_driver else (lambda *a, **k: None)
         say(f"[demo] Megatron TP={trainer.par.tp_size} DP={trainer.par.dp_size}; vLLM server up", flush=True)
-        warm_up(trainer, args.warmup_steps, cfg.train.prompts_per_step * 2, cfg.train.seed)
+        warm_up(trainer, args.warmup_steps, args.warmup_batch, cfg.train.seed)
         trainer.refit()
         before = held_out_accuracy(trainer, args.eval_prompts, 4, seed=cfg.data.seed + 99)
         say(f"[demo] accuracy after warm-up (before RL): {before:.3f}", flush=True)
