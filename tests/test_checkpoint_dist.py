@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -89,6 +90,13 @@ def test_sigkill_resume_is_bit_exact_and_crashed_save_keeps_previous_latest(tiny
     assert not os.path.exists(os.path.join(ckpt, "iter_0000006"))
     assert open(os.path.join(ckpt, "latest")).read().strip() == "iter_0000004"
     assert find_latest(ckpt) == os.path.join(ckpt, "iter_0000004")
+
+    # Negative control: resuming a copy without the RNG states already changes the next loss.
+    no_rng = str(tmp_path / "no_rng")
+    shutil.copytree(ckpt, no_rng)
+    out = run_torchrun(TRAIN, NPROC, [*_train_args(no_rng, tiny_qwen2), "--no-load-rng", "--steps", "5"], timeout=600)
+    assert "RESUMED 4 rng=False optim=True" in out
+    assert _losses(out)[5] != ref[5]
 
     # 4. Resume again from step 4: every later loss equals the uninterrupted run's, bit for bit.
     out = run_torchrun(TRAIN, NPROC, _train_args(ckpt, tiny_qwen2), timeout=600)

@@ -40,31 +40,34 @@ def main():
     probe = torch.randint(3, vocab, (2, 16), generator=torch.Generator().manual_seed(7))
 
     # TP=2 x PP=2: train, save (with and without optimizer), then one more step.
-    model, optimizer, scheduler = setup(hf, tp=2, pp=2, dropout=0.0)
+    policy = setup(hf, tp=2, pp=2, dropout=0.0)
+    model = policy.model_chunks[0]
     rows = model.padded_vocab_size
     stream = ExampleStream(24, vocab)
     for _ in range(2):
-        train_step(model, optimizer, scheduler, stream, vocab, noise=False)
+        train_step(policy, stream, vocab, noise=False)
     saved_logits = logits_everywhere(model, probe, rows)
-    full = save_checkpoint(os.path.join(root, "full"), 2, [model], optimizer, scheduler, {"data": stream.state_dict()})
-    weights_only = save_checkpoint(os.path.join(root, "weights"), 2, [model])
-    loss3_ref = train_step(model, optimizer, scheduler, stream, vocab, noise=False)
+    full = save_checkpoint(os.path.join(root, "full"), 2, policy.model_chunks, policy.optimizer, policy.scheduler,
+                           {"data": stream.state_dict()})
+    weights_only = save_checkpoint(os.path.join(root, "weights"), 2, policy.model_chunks)
+    loss3_ref = train_step(policy, stream, vocab, noise=False)
     stepped_ref = logits_everywhere(model, probe, rows)
     destroy_parallel()
 
     def at_tp1(distributed_optimizer, load_optimizer, path=full):
-        model, optimizer, scheduler = setup(hf, tp=1, pp=1, dropout=0.0, distributed_optimizer=distributed_optimizer)
-        loaded = load_checkpoint(path, [model], optimizer, scheduler, load_optimizer=load_optimizer)
+        policy = setup(hf, tp=1, pp=1, dropout=0.0, distributed_optimizer=distributed_optimizer)
+        loaded = load_checkpoint(path, policy.model_chunks, policy.optimizer, policy.scheduler,
+                                 load_optimizer=load_optimizer)
         stream = ExampleStream(24, vocab)
         stream.load_state_dict(loaded.extra_state["data"])
-        return model, optimizer, scheduler, stream, loaded
+        return policy, stream, loaded
 
-    model, optimizer, scheduler, stream, loaded = at_tp1(True, True)
-    check("logits_diff", (logits_everywhere(model, probe, rows) - saved_logits).abs().max())
+    policy, stream, loaded = at_tp1(True, True)
+    check("logits_diff", (logits_everywhere(policy.model_chunks[0], probe, rows) - saved_logits).abs().max())
     check("rng_restored_other_layout", loaded.rng_restored)
-    loss3 = train_step(model, optimizer, scheduler, stream, vocab, noise=False)
+    loss3 = train_step(policy, stream, vocab, noise=False)
     check("loss3_diff", abs(loss3 - loss3_ref))
-    check("step_diff_optim", (logits_everywhere(model, probe, rows) - stepped_ref).abs().max())
+    check("step_diff_optim", (logits_everywhere(policy.model_chunks[0], probe, rows) - stepped_ref).abs().max())
 
     try:  # distributed-optimizer state into the plain optimizer: megatron cannot; we say so
         at_tp1(False, True)
@@ -72,9 +75,9 @@ def main():
     except CheckpointError as e:
         check("plain_optim_error", "use_distributed_optimizer=true" in str(e))
 
-    model, optimizer, scheduler, stream, _ = at_tp1(True, False)
-    train_step(model, optimizer, scheduler, stream, vocab, noise=False)
-    check("step_diff_fresh_optim", (logits_everywhere(model, probe, rows) - stepped_ref).abs().max())
+    policy, stream, _ = at_tp1(True, False)
+    train_step(policy, stream, vocab, noise=False)
+    check("step_diff_fresh_optim", (logits_everywhere(policy.model_chunks[0], probe, rows) - stepped_ref).abs().max())
 
     try:
         at_tp1(True, True, path=weights_only)

@@ -2,7 +2,8 @@
 
 Prints ``PID <pid>`` (every rank, so a test can SIGKILL the workers: torchrun starts each in its
 own session), ``LOSS <step> <float.hex>`` per step, ``SAVED <step>`` after each checkpoint and
-``RESUMED <step>`` after a load (rank 0). ``--pause-after-save S`` sleeps after the checkpoint of
+``RESUMED <step>`` after a load (rank 0). ``--no-load-rng`` resumes without the saved RNG states
+(the negative control). ``--pause-after-save S`` sleeps after the checkpoint of
 step S so that the test's SIGKILL lands at a known point.
 """
 import argparse
@@ -26,26 +27,28 @@ def main():
     ap.add_argument("--tp", type=int, default=1)
     ap.add_argument("--pp", type=int, default=1)
     ap.add_argument("--pause-after-save", type=int, default=-1)
+    ap.add_argument("--no-load-rng", action="store_true", help="resume without the saved RNG states")
     args = ap.parse_args()
 
     vocab = load_hf_config(args.hf).vocab_size
-    model, optimizer, scheduler = setup(args.hf, args.tp, args.pp)
+    policy = setup(args.hf, args.tp, args.pp)
+    parts = (policy.model_chunks, policy.optimizer, policy.scheduler)
     stream = ExampleStream(num_examples=24, vocab=vocab)  # 24 examples, 8 per step: epochs roll over
     print(f"PID {os.getpid()}", flush=True)
     rank0 = dist.get_rank() == 0
     start = 0
     if find_latest(args.ckpt) is not None:
-        loaded = load_checkpoint(args.ckpt, [model], optimizer, scheduler)
+        loaded = load_checkpoint(args.ckpt, *parts, load_rng=not args.no_load_rng)
         stream.load_state_dict(loaded.extra_state["data"])
         start = loaded.step
         if rank0:
             print(f"RESUMED {start} rng={loaded.rng_restored} optim={loaded.optimizer_loaded}", flush=True)
     for step in range(start + 1, args.steps + 1):
-        loss = train_step(model, optimizer, scheduler, stream, vocab)
+        loss = train_step(policy, stream, vocab)
         if rank0:
-            print(f"LOSS {step} {loss.hex()} {loss:.6f} lr={optimizer.param_groups[0]['lr']:.3e}", flush=True)
+            print(f"LOSS {step} {loss.hex()} {loss:.6f} lr={policy.optimizer.param_groups[0]['lr']:.3e}", flush=True)
         if step % args.save_every == 0:
-            save_checkpoint(args.ckpt, step, [model], optimizer, scheduler, {"data": stream.state_dict()},
+            save_checkpoint(args.ckpt, step, *parts, {"data": stream.state_dict()}, config=policy.cfg,
                             keep_last=args.keep_last)
             if rank0:
                 print(f"SAVED {step}", flush=True)
