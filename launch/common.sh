@@ -20,7 +20,7 @@
 #   STOP_TIMEOUT_S    grace period for the servers to shut down at the end of the job       [60]
 #   SERVE_CMD         the server command (tests swap in a stand-in)   [$PY -m igrpo_megatron.cli.serve]
 #   TRAIN_ENTRY       what torchrun runs                            [-m igrpo_megatron.cli.train]
-# Extra arguments of the sbatch script are appended to the trainer's overrides.
+# Extra arguments of the sbatch script are config overrides for both the servers and the trainer.
 
 IGRPO_ROOT=${IGRPO_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}}
 
