@@ -15,7 +15,6 @@ from typing import Iterable, Optional
 import torch
 
 INDEX_FILE = "model.safetensors.index.json"
-SINGLE_FILE = "model.safetensors"
 #: Files of an HF folder that are weights (not copied as config/tokenizer files).
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack")
 _WEIGHT_INDEXES = (INDEX_FILE, "pytorch_model.bin.index.json")
