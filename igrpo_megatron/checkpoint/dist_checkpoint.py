@@ -11,12 +11,12 @@ One checkpoint folder (see :mod:`igrpo_megatron.checkpoint.directory` for the la
 - ``config.yaml``: the run config, when given.
 
 Optimizer state and layouts. The distributed optimizer is saved in Megatron's
-``fully_reshardable`` format (each Adam moment stored like the parameter it belongs to), and the
-plain optimizer's state is sharded like the parameters too, so optimizer state follows the weights
-to any TP / PP / DP layout and between the distributed and the plain optimizer. Checkpoints whose
-optimizer state was written in Megatron's ``dp_reshardable`` format (Megatron-LM's default) only
-reload at the same TP x PP; :func:`load_checkpoint` says so up front and points at
-``load_optimizer=False``.
+``fully_reshardable`` format (each Adam moment stored like the parameter it belongs to; not
+Megatron-LM's default ``dp_reshardable``, which only reloads at the same TP x PP), and the plain
+optimizer's state is sharded like the parameters too, so optimizer state follows the weights to any
+TP / PP / DP layout. megatron-core cannot convert optimizer state between the distributed and the
+plain optimizer: :func:`load_checkpoint` refuses that (and a checkpoint saved without optimizer)
+up front and points at ``load_optimizer=False`` (``train.load_optimizer``).
 
 What loading unpickles. Everything this module writes itself is JSON or safetensors. Of Megatron's
 files, ``common.pt`` (non-tensor optimizer state such as param groups) is read by Megatron with a
@@ -56,10 +56,8 @@ logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.yaml"
-# Megatron's DistributedOptimizer formats that store state in parameter space (reshardable
-# across TP/PP/DP) versus the one tied to the DP buffer layout of a given TP x PP.
-RESHARDABLE_OPTIM_FORMATS = ("fully_reshardable", "fully_sharded_model_space")
-SAVE_OPTIM_FORMAT = "fully_reshardable"
+# The DistributedOptimizer format that stores state in parameter space (reshardable over TP/PP/DP).
+DISTRIBUTED_OPTIM_FORMAT = "fully_reshardable"
 # Test hook: at the named point rank 0 SIGKILLs its process group, i.e. itself and the helper
 # processes dist_checkpointing's writer forks (simulates a node dying in the middle of a save).
 FAULT_ENV = "IGRPO_CKPT_FAULT"
@@ -193,20 +191,15 @@ def _sharded_state_dict(model, optimizer, is_loading: bool) -> dict:
         state["optimizer"] = optimizer.sharded_state_dict(
             state["model"],
             is_loading=is_loading,
-            metadata={"distrib_optim_sharding_type": SAVE_OPTIM_FORMAT, "chained_optim_avoid_prefix": True},
+            metadata={"distrib_optim_sharding_type": DISTRIBUTED_OPTIM_FORMAT, "chained_optim_avoid_prefix": True},
         )
     return state
-
-
-def _dp_group():
-    from megatron.core import parallel_state as ps
-
-    return ps.get_data_parallel_group(with_context_parallel=True)
 
 
 def _save_strategy():
     """Megatron's torch_dist writer, with the writing spread over the DP replicas (each rank
     writes a share of the replicated tensors instead of DP rank 0 writing all of them)."""
+    from megatron.core import parallel_state as ps
     from megatron.core.dist_checkpointing.serialization import get_default_save_sharded_strategy
     from megatron.core.dist_checkpointing.strategies.fully_parallel import FullyParallelSaveStrategyWrapper
 
@@ -214,7 +207,8 @@ def _save_strategy():
 
     if cpu_support_enabled():  # a fork-based result queue: saves in ~0.2 s instead of ~3 s on CPU
         enable_cpu_support(fast_checkpoint_writer=True)
-    return FullyParallelSaveStrategyWrapper(get_default_save_sharded_strategy(), _dp_group())
+    return FullyParallelSaveStrategyWrapper(get_default_save_sharded_strategy(),
+                                            ps.get_data_parallel_group(with_context_parallel=True))
 
 
 def _fault_point(name: str) -> None:
@@ -262,8 +256,8 @@ def save_checkpoint(
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
     extra_state = dict(extra_state or {})
-    try:
-        meta_text = json.dumps({"extra_state": extra_state})
+    try:  # fail before anything is written
+        json.dumps(extra_state)
     except TypeError as e:
         raise TypeError(f"save_checkpoint: extra_state must be JSON-serialisable ({e})") from e
     model = _single_chunk(model_chunks)
@@ -284,14 +278,15 @@ def save_checkpoint(
 
             with open(os.path.join(tmp, CONFIG_FILE), "w", encoding="utf-8") as f:
                 f.write(dump_yaml(config))
+        layout = _layout(optimizer)
         meta = {
             "format_version": FORMAT_VERSION,
             "step": step,
-            "layout": _layout(optimizer),
-            "optimizer_format": (SAVE_OPTIM_FORMAT if optimizer is not None and _is_distributed_optimizer(optimizer)
-                                 else "model_space" if optimizer is not None else None),
+            "layout": layout,
+            "optimizer_format": None if optimizer is None else
+            DISTRIBUTED_OPTIM_FORMAT if layout["distributed_optimizer"] else "model_space",
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            **json.loads(meta_text),
+            "extra_state": extra_state,
         }
         _write_json(os.path.join(tmp, META_FILE), meta)
     dist.barrier()  # every rank's shards and RNG file are on disk
@@ -324,25 +319,17 @@ def resolve_checkpoint(path: str) -> str:
 
 def _check_optimizer_loadable(ckpt_dir: str, meta: dict, now: dict) -> None:
     """Refuse, with the way out, the optimizer loads megatron-core cannot do."""
-    saved_fmt, then = meta.get("optimizer_format"), meta["layout"]
-    if saved_fmt is None:
+    then = meta["layout"]
+    if meta.get("optimizer_format") is None:
         raise CheckpointError(f"{ckpt_dir} has no optimizer state (it was saved without an optimizer); "
-                              f"load it with load_optimizer=False")
+                              f"load it with load_optimizer=False (train.load_optimizer=false)")
     if then["distributed_optimizer"] != now["distributed_optimizer"]:
         raise CheckpointError(
             f"{ckpt_dir} holds {'distributed' if then['distributed_optimizer'] else 'plain'}-optimizer state, "
             f"but this run uses the {'distributed' if now['distributed_optimizer'] else 'plain'} optimizer; "
             f"megatron-core cannot convert optimizer state between the two. Set "
             f"parallel.use_distributed_optimizer={str(then['distributed_optimizer']).lower()}, or load with "
-            f"load_optimizer=False (fresh Adam moments)"
-        )
-    same_model_parallel = (then["tp"], then["pp"]) == (now["tp"], now["pp"])
-    if saved_fmt not in RESHARDABLE_OPTIM_FORMATS and saved_fmt != "model_space" and not same_model_parallel:
-        raise CheckpointError(
-            f"{ckpt_dir}: its distributed-optimizer state is in Megatron's {saved_fmt!r} format, which is "
-            f"tied to the TP x PP layout it was written at (tp={then['tp']}, pp={then['pp']}); this run has "
-            f"tp={now['tp']}, pp={now['pp']}. Load with load_optimizer=False (fresh Adam moments, weights "
-            f"still resharded), or resume at tp={then['tp']}, pp={then['pp']}"
+            f"load_optimizer=False (train.load_optimizer=false: fresh Adam moments)"
         )
 
 
