@@ -162,9 +162,17 @@ def test_stale_rollouts_are_refused_or_counted(rollout_server):
     assert len(fresh.generate_batch([[5, 6, 7]], 2, SAMPLE)[0]) == 2
 
 
+def _requests_running(server) -> float:
+    req = urllib.request.Request(server.url + "/metrics", headers={"Authorization": f"Bearer {server.api_key}"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        lines = r.read().decode().splitlines()
+    return sum(float(line.split()[-1]) for line in lines if line.startswith("vllm:num_requests_running"))
+
+
 def test_requests_straddling_a_refit_carry_the_version_that_generated_them(rollout_server, hf):
-    """Long greedy generations run while a refit happens; every sample must be exactly
-    transformers' output for the weights of the version it is labelled with."""
+    """Long greedy generations run while a refit happens. The one surely in flight when the refit
+    pauses the server finishes on the old weights and says so; every sample, whenever it was sent,
+    is exactly transformers' output for the weights of the version it is labelled with."""
     prompt = prompts()[0]
     long = SamplingParams(temperature=0.0, max_tokens=300, ignore_eos=True)
     old_sd, new_sd = perturbed_state_dict(hf, seed=21), perturbed_state_dict(hf, seed=22)
@@ -176,24 +184,31 @@ def test_requests_straddling_a_refit_carry_the_version_that_generated_them(rollo
     assert refs[old_v] != refs[new_v]
 
     client = RolloutClient([rollout_server.url], rollout_server.api_key, stale_policy="count")
-    results: list = []
+    results: dict = {}
 
-    def generate_later(delay):
+    def generate(name, delay=0.0):
         time.sleep(delay)
-        results.extend(client.generate_batch([prompt], 1, long)[0])
+        results[name] = client.generate_batch([prompt], 1, long)[0][0]
 
-    threads = [threading.Thread(target=generate_later, args=(d,)) for d in (0.0, 0.3, 0.6, 1.0)]
-    for t in threads:
+    in_flight = threading.Thread(target=generate, args=("in_flight",))
+    in_flight.start()
+    deadline = time.monotonic() + 60
+    while _requests_running(rollout_server) < 1:
+        assert time.monotonic() < deadline, "the first request never started"
+        time.sleep(0.02)
+    others = [threading.Thread(target=generate, args=(f"after_{d}", d)) for d in (0.0, 0.2, 0.5)]
+    for t in others:
         t.start()
-    time.sleep(0.4)
     refit(rollout_server, new_sd, new_v)
-    for t in threads:
+    generate("after_refit")
+    for t in [in_flight, *others]:
         t.join()
-    assert len(results) == 4
-    for s in results:
+
+    assert results["in_flight"].weight_version == old_v
+    assert results["after_refit"].weight_version == new_v
+    for name, s in results.items():
         assert not s.mixed_versions
-        assert s.token_ids == refs[s.weight_version], f"sample labelled v{s.weight_version} differs"
-    assert refs[client.generate_batch([prompt], 1, long)[0][0].weight_version] == refs[new_v]
+        assert s.token_ids == refs[s.weight_version], f"{name}: labelled v{s.weight_version}, other tokens"
 
 
 def test_killed_server_is_retried_elsewhere_or_fails_clearly(rollout_server, tiny_qwen2, tmp_path):
@@ -217,3 +232,32 @@ def test_killed_server_is_retried_elsewhere_or_fails_clearly(rollout_server, tin
             lone.generate_batch([[5, 6, 7]], 2, long)
     finally:
         doomed.stop()
+
+
+def test_megatron_tp2_step_refit_matches_transformers_and_megatron(rollout_server, hf, tiny_qwen2, tmp_path):
+    """The production path: a TP=2 Megatron policy takes one optimizer step, is refit through
+    export_hf_weights -> Refitter(disk); the server's greedy tokens equal transformers' on the
+    exported weights and its logprobs match both transformers' and Megatron's within 1e-4."""
+    from safetensors.torch import load_file
+    from torchrun_util import REPO, checks, run_torchrun
+
+    version = next_version()
+    refit_dir, out_json = tmp_path / "refit", tmp_path / "samples.json"
+    output = run_torchrun(os.path.join(REPO, "tests/dist/rollout_megatron_refit.py"), 2,
+                          [tiny_qwen2, rollout_server.url, rollout_server.api_key, str(refit_dir),
+                           str(version), str(out_json)], timeout=600)
+    assert checks(output)["megatron_vs_server_logprob_max_diff"] < 1e-4
+
+    exported = {}
+    for f in sorted((refit_dir / f"v{version:08d}").glob("*.safetensors")):
+        exported.update(load_file(str(f)))
+    original = load_file(os.path.join(tiny_qwen2, "model.safetensors"))
+    assert exported.keys() == original.keys()
+    assert max((exported[k] - original[k]).abs().max().item() for k in original) > 1e-3  # it trained
+    hf.load_state_dict(exported)
+    result = json.loads(out_json.read_text())
+    for prompt, s in zip(result["prompts"], result["samples"]):
+        ref_tokens, ref_lp = hf_greedy(hf, prompt, len(s["token_ids"]))
+        assert s["token_ids"] == ref_tokens
+        assert max(abs(a - b) for a, b in zip(s["logprobs"], ref_lp)) < 1e-4
+        assert s["weight_version"] == version
