@@ -1,8 +1,10 @@
 """Checkpoint folder bookkeeping, per-rank RNG files and the refusal to unpickle code (no torchrun)."""
 from __future__ import annotations
 
+import io
 import os
 import random
+import types
 
 import numpy as np
 import pytest
@@ -18,7 +20,12 @@ from igrpo_megatron.checkpoint.directory import (
     prune,
     step_of,
 )
-from igrpo_megatron.checkpoint.dist_checkpoint import CheckpointError, _check_common_file_is_safe, resolve_checkpoint
+from igrpo_megatron.checkpoint.dist_checkpoint import (
+    CheckpointError,
+    _check_common_file_is_safe,
+    _sharded_objects_weights_only,
+    resolve_checkpoint,
+)
 from igrpo_megatron.checkpoint.rng import load_rng_state, save_rng_state
 
 
@@ -117,3 +124,19 @@ def test_common_file_that_needs_unpickling_code_is_refused(tmp_path, monkeypatch
     assert not marker.exists()
     torch.save({"optimizer": {"param_groups": [{"lr": 1e-3, "betas": (0.9, 0.999)}]}}, tmp_path / "common.pt")
     _check_common_file_is_safe(str(tmp_path))  # plain containers and numbers load
+
+
+def test_pickled_sharded_object_that_runs_code_is_refused(tmp_path, monkeypatch):
+    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+
+    original = DefaultLoadPlanner.load_bytes
+    marker = tmp_path / "pwned"
+    monkeypatch.setenv("IGRPO_TEST_PWNED", str(marker))
+    blob = io.BytesIO()
+    torch.save(_RunsCode(), blob)
+    blob.seek(0)
+    entry = types.SimpleNamespace(dest_index=types.SimpleNamespace(fqn="decoder.layers.mlp._extra_state"))
+    with _sharded_objects_weights_only(), pytest.raises(CheckpointError, match="_extra_state"):
+        DefaultLoadPlanner.load_bytes(DefaultLoadPlanner(), entry, blob)
+    assert not marker.exists()
+    assert DefaultLoadPlanner.load_bytes is original  # only patched during a load

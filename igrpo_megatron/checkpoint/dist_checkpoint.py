@@ -23,12 +23,17 @@ files, ``common.pt`` (non-tensor optimizer state such as param groups) is read b
 bare ``torch.load(path, map_location='cpu')``, i.e. ``weights_only=True`` by default since torch 2.6
 (unless the environment sets ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``); :func:`load_checkpoint` checks
 that file with ``weights_only=True`` itself before Megatron opens it, so a file that would need
-arbitrary unpickling is refused either way. The ``.metadata`` index of torch's distributed
-checkpoint format is a pickle that torch reads with ``pickle.load``: as with any torch DCP
-checkpoint, only load checkpoints from a trusted location.
+arbitrary unpickling is refused either way. Megatron's ``ShardedObject`` entries (the layers'
+``_extra_state``: ``None`` with the local spec, FP8 scaling state with Transformer Engine) sit
+in the shards as pickled bytes that torch's load planner opens with ``weights_only=False``; during
+:func:`load_checkpoint` each is first opened with ``weights_only=True`` and refused if that fails.
+What remains is the ``.metadata`` index of torch's distributed checkpoint format, a pickle torch
+reads with ``pickle.load`` (only torch's own metadata classes in files torch wrote): as with any
+torch DCP checkpoint, load checkpoints from a trusted location.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -333,6 +338,30 @@ def _check_optimizer_loadable(ckpt_dir: str, meta: dict, now: dict) -> None:
         )
 
 
+@contextlib.contextmanager
+def _sharded_objects_weights_only():
+    """Open every pickled ``ShardedObject`` with ``weights_only=True`` before torch's planner
+    unpickles it without that restriction (see the module docstring)."""
+    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+
+    original = DefaultLoadPlanner.load_bytes
+
+    def load_bytes(self, read_item, value):
+        try:
+            torch.load(value, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any unpickling refusal becomes one clear message
+            raise CheckpointError(f"checkpoint entry {read_item.dest_index.fqn} cannot be loaded with "
+                                  f"torch.load(weights_only=True) ({e}); refusing to unpickle it") from e
+        value.seek(0)
+        original(self, read_item, value)
+
+    DefaultLoadPlanner.load_bytes = load_bytes
+    try:
+        yield
+    finally:
+        DefaultLoadPlanner.load_bytes = original
+
+
 def _check_common_file_is_safe(ckpt_dir: str) -> None:
     """Refuse a ``common.pt`` that needs arbitrary unpickling before Megatron's bare torch.load sees it."""
     path = os.path.join(ckpt_dir, "common.pt")
@@ -384,9 +413,10 @@ def load_checkpoint(
     state = _sharded_state_dict(model, optimizer if with_optimizer else None, is_loading=True)
     # Megatron's "unexpected" = asked for but absent from the checkpoint; keys the checkpoint has
     # but we do not ask for (optimizer state under load_optimizer=False) are always fine.
-    loaded = dist_checkpointing.load(
-        state, ckpt_dir, strict=StrictHandling.RAISE_UNEXPECTED if strict else StrictHandling.LOG_UNEXPECTED
-    )
+    with _sharded_objects_weights_only():
+        loaded = dist_checkpointing.load(
+            state, ckpt_dir, strict=StrictHandling.RAISE_UNEXPECTED if strict else StrictHandling.LOG_UNEXPECTED
+        )
     model.load_state_dict(loaded["model"], strict=strict)
     if with_optimizer:
         _load_optimizer_state(optimizer, loaded["optimizer"])
