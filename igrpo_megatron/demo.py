@@ -85,7 +85,7 @@ def warmup_batch(trainer, items, rng: random.Random):
             prompt = format_prompt(tok, build_prompt_messages(item.question))
         else:
             draft_answer = item.answer if rng.random() < 0.5 else _wrong(item.answer, rng)
-            draft = tok.encode(solution_text(item.question, draft_answer), add_special_tokens=False) + eos
+            draft = tok.encode(solution_text(item.question, draft_answer), add_special_tokens=False)
             prompt = refinement_prompt_ids(
                 item.question, draft, render=trainer.rollout.render, encode=trainer.rollout.encode,
                 max_prompt_tokens=trainer.cfg.rollout.max_prompt_tokens)
@@ -164,7 +164,7 @@ def worker(argv: list[str]) -> None:
     parser.add_argument("--warmup-lr", type=float, default=1e-3)
     parser.add_argument("--eval-prompts", type=int, default=64)
     parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # the launcher puts options after some overrides
     cfg = load_config(args.config, args.overrides)
     if int(os.environ.get("RANK", "0")) == 0:
         print("[demo] building the Megatron model and starting the vLLM server (~30-60 s)", flush=True)

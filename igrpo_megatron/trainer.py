@@ -98,8 +98,11 @@ class TwoStageRollout:
         if drafts is not None:
             samples, rewards, accuracy = drafts
             best = int(select_best_drafts(torch.tensor([rewards]))[0][0])
+            draft = list(samples[best].token_ids)
+            if draft and draft[-1] == self.tokenizer.eos_token_id:  # the draft's end-of-turn is not quoted
+                draft.pop()
             prompt_ids = refinement_prompt_ids(
-                p.question, samples[best].token_ids, render=self.render, encode=self.encode,
+                p.question, draft, render=self.render, encode=self.encode,
                 max_prompt_tokens=self.cfg.rollout.max_prompt_tokens,
                 max_draft_tokens=self.cfg.igrpo.max_draft_tokens)
             out = dict(draft_ids=[list(s.token_ids) for s in samples], draft_rewards=rewards,
