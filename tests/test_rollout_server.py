@@ -174,13 +174,13 @@ def test_requests_straddling_a_refit_carry_the_version_that_generated_them(rollo
     pauses the server finishes on the old weights and says so; every sample, whenever it was sent,
     is exactly transformers' output for the weights of the version it is labelled with."""
     prompt = prompts()[0]
-    long = SamplingParams(temperature=0.0, max_tokens=300, ignore_eos=True)
+    long = SamplingParams(temperature=0.0, max_tokens=900, ignore_eos=True)  # seconds, even on an idle machine
     old_sd, new_sd = perturbed_state_dict(hf, seed=21), perturbed_state_dict(hf, seed=22)
     old_v = next_version()
     refit(rollout_server, old_sd, old_v)
     new_v = next_version()
-    refs = {old_v: references(hf, old_sd, [prompt], 300)[0][0],
-            new_v: references(hf, new_sd, [prompt], 300)[0][0]}
+    refs = {old_v: references(hf, old_sd, [prompt], long.max_tokens)[0][0],
+            new_v: references(hf, new_sd, [prompt], long.max_tokens)[0][0]}
     assert refs[old_v] != refs[new_v]
 
     client = RolloutClient([rollout_server.url], rollout_server.api_key, stale_policy="count")
@@ -194,6 +194,7 @@ def test_requests_straddling_a_refit_carry_the_version_that_generated_them(rollo
     in_flight.start()
     deadline = time.monotonic() + 60
     while _requests_running(rollout_server) < 1:
+        assert in_flight.is_alive(), "the first request finished before the refit: make it longer"
         assert time.monotonic() < deadline, "the first request never started"
         time.sleep(0.02)
     others = [threading.Thread(target=generate, args=(f"after_{d}", d)) for d in (0.0, 0.2, 0.5)]
