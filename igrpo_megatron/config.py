@@ -367,8 +367,12 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = None) -> Config:
-    """Load YAML (may be ``None``), apply overrides, build the typed tree and validate it."""
+def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = None, *,
+                training: bool = True) -> Config:
+    """Load YAML (may be ``None``), apply overrides, build the typed tree and validate it.
+
+    ``training=False`` (igrpo-serve, igrpo-eval) skips the checks only a training run needs.
+    """
     data: dict = {}
     if path:
         if not os.path.exists(path):
@@ -380,7 +384,7 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
                 raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
     data = _merge(data, parse_overrides(overrides or []))
     cfg = _build(Config, data, "")
-    validate(cfg)
+    validate(cfg, training=training)
     return cfg
 
 
@@ -401,7 +405,7 @@ def _require(cond: bool, msg: str) -> None:
 
 
 def validate(cfg: Config, world_size: Optional[int] = None, num_attention_heads: Optional[int] = None,
-             num_query_groups: Optional[int] = None) -> None:
+             num_query_groups: Optional[int] = None, *, training: bool = True) -> None:
     """Cross-field checks. Model-shape checks run when the caller knows the shape (from config.json)."""
     p, ig, r, t, loss, o = cfg.parallel, cfg.igrpo, cfg.rollout, cfg.train, cfg.loss, cfg.optim
     _require(p.tp >= 1 and p.pp >= 1, "parallel.tp and parallel.pp must be >= 1")
@@ -442,7 +446,7 @@ def validate(cfg: Config, world_size: Optional[int] = None, num_attention_heads:
         _require(cfg.model.dtype == "bf16", "model.fp8 needs model.dtype=bf16 (FP8 keeps bf16 master compute)")
     _require(cfg.reward.kind != "judge" or bool(cfg.reward.judge_url),
              "reward.kind=judge needs reward.judge_url (an OpenAI-compatible endpoint)")
-    _require(cfg.data.preset is not None or cfg.data.source is not None,
+    _require(not training or cfg.data.preset is not None or cfg.data.source is not None,
              "data: set data.preset (math, acereason, synthetic) or data.source (hub name or local file)")
     if world_size is not None:
         _require(world_size % (p.tp * p.pp) == 0,

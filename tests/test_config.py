@@ -138,3 +138,10 @@ def test_round_trip_through_dump_yaml(tmp_path):
 def test_override_with_invalid_yaml_value():
     with pytest.raises(ConfigError, match="override 'rollout.stop=\\[a': the value is not valid YAML"):
         parse_overrides(["rollout.stop=[a"])
+
+
+def test_data_is_required_for_training_only():
+    with pytest.raises(ConfigError, match="data.preset"):
+        load_config(None, [])
+    cfg = load_config(None, [], training=False)  # igrpo-serve / igrpo-eval need no training data
+    assert cfg.data.preset is None and cfg.data.source is None

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         overrides = list(args.overrides) + ([f"model.hf_path={args.model}"] if args.model else [])
-        cfg = load_config(args.config, overrides)
+        cfg = load_config(args.config, overrides, training=False)
         from igrpo_megatron.eval.runner import check_eval_config, evaluate
         from igrpo_megatron.rollout import launch_server, resolve_api_key
 

@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. rollout.port=8001")
     args = parser.parse_args(argv)
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, args.overrides, training=False)
         model = args.model or cfg.model.hf_path
         if not model:
             raise ConfigError("no model to serve: set model.hf_path or pass --model")
