@@ -292,7 +292,8 @@ class Trainer:
         latest = find_latest(self.ckpt_root) if self.cfg.train.resume else None
         if latest is None:
             return
-        loaded = load_checkpoint(latest, self.policy.model_chunks, self.policy.optimizer, self.policy.scheduler)
+        loaded = load_checkpoint(latest, self.policy.model_chunks, self.policy.optimizer, self.policy.scheduler,
+                                 load_optimizer=self.cfg.train.load_optimizer)
         self.step_idx = loaded.step
         self.weight_version = int(loaded.extra_state["weight_version"])
         self.prompts.load_state_dict(loaded.extra_state["data"])
@@ -380,7 +381,10 @@ class Trainer:
                           time_refit_s=t_refit, time_step_s=time.time() - t_step,
                           tokens_per_s=generated_tokens(groups) / max(t_rollout, 1e-9),
                           rollout_weight_version=min(g.weight_version for g in groups),
-                          server_weight_version=self.refitter.admins[0].weight_version())
+                          server_weight_version=self.refitter.admins[0].weight_version(),
+                          rollout_retries=self.client.retries, rollout_stale_samples=self.client.stale_samples)
+            # cumulative: items scored, timeouts, worker deaths, judge errors
+            record.update({f"reward_{k}": v for k, v in self.reward.counters().items()})
             self.logger.log(record)
         if self.cfg.train.save_every and self.step_idx % self.cfg.train.save_every == 0:
             self.save()

@@ -1,7 +1,8 @@
 """The whole loop for real: ``igrpo-train`` under torchrun (Megatron TP=2 on gloo) with the vLLM
 server it launches, the reward pool, the refit after every step, checkpoints and a resume.
 
-One model, two launches: 2 steps with a checkpoint after each, then a resume to step 3.
+One model, two launches: 2 steps at TP=2 with a checkpoint after each, then a resume to step 3 at
+TP=1 x DP=2 with the HTTP refit transport.
 """
 import json
 import os
@@ -49,10 +50,15 @@ def test_train_refit_checkpoint_resume(tmp_path, tiny_qwen2):
         assert r["prompts_consumed"] == r["step"] * PROMPTS_PER_STEP
         assert r["num_samples"] == PROMPTS_PER_STEP * 2
         assert r["best_draft_acc_bound"] >= 0 and r["time_step_s"] > 0 and r["tokens_per_s"] > 0
+        # every sample of the step (drafts and refinements) went through the reward pool
+        assert r["reward_items"] == r["step"] * PROMPTS_PER_STEP * 4 and r["reward_timeouts"] == 0
     ckpts = sorted(os.listdir(run_dir / "checkpoints"))
     assert "iter_0000002" in ckpts and "iter_0000001" in ckpts, ckpts
 
-    out = run_torchrun(TRAIN_CLI, 2, ["--config", config], timeout=900)  # max_steps=3: resumes at 2
+    # max_steps=3: resumes at 2, in another layout (TP=1 x DP=2: the checkpoint reshards and the
+    # batch is split across data-parallel ranks) and with the weights sent over HTTP this time.
+    out = run_torchrun(TRAIN_CLI, 2, ["--config", config, "parallel.tp=1", "rollout.refit_transport=http"],
+                       timeout=900)
     assert "at step 2" in out
     records = read_metrics(str(run_dir))
     assert [r["step"] for r in records] == [1, 2, 3]

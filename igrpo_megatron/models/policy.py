@@ -53,9 +53,10 @@ class Policy:
     """Megatron model chunks for this rank's pipeline stage, plus optimizer and LR schedule.
 
     ``frozen=True`` builds the reference model: same layout, no gradients, no optimizer.
-    Weights come from ``model.hf_path`` when ``model.load_hf_weights`` (checkpoints are restored
-    afterwards by ``igrpo_megatron.checkpoint`` through :attr:`model_chunks`, :attr:`optimizer` and
-    :attr:`scheduler`). The LR schedule spans ``total_steps`` optimizer steps; by default
+    Weights come from ``model.init_checkpoint`` when set (a Megatron checkpoint, any layout), else
+    from ``model.hf_path`` when ``model.load_hf_weights``, so the reference is the starting model
+    either way. Training checkpoints are restored afterwards by ``igrpo_megatron.checkpoint``
+    through :attr:`model_chunks`, :attr:`optimizer` and :attr:`scheduler`. The LR schedule spans ``total_steps`` optimizer steps; by default
     ``train.max_steps * train.ppo_epochs * train.mini_batches``.
 
     Logprobs use ``rollout.temperature`` (logits / T), like the distribution vLLM sampled from, so
@@ -70,7 +71,11 @@ class Policy:
         self.temperature = cfg.rollout.temperature
         model = build_model(hf_cfg, cfg.model, cfg.parallel, wrap_ddp=not frozen)
         self.model_chunks = [model]
-        if cfg.model.load_hf_weights:
+        if cfg.model.init_checkpoint:  # e.g. written by `igrpo-convert from-hf`, at any layout
+            from igrpo_megatron.checkpoint import load_checkpoint
+
+            load_checkpoint(cfg.model.init_checkpoint, self.model_chunks, load_optimizer=False, load_rng=False)
+        elif cfg.model.load_hf_weights:
             from igrpo_megatron.weights import load_hf_weights
 
             load_hf_weights(self.model_chunks, cfg.model.hf_path, hf_cfg)
