@@ -37,18 +37,6 @@ SIZES = {
 }
 
 
-def buckets_of(state_dict, bucket_bytes):
-    buckets, cur, size = [], [], 0
-    for name, t in state_dict.items():
-        nbytes = t.numel() * t.element_size()
-        if cur and size + nbytes > bucket_bytes:
-            buckets.append(cur)
-            cur, size = [], 0
-        cur.append((name, t))
-        size += nbytes
-    return buckets + ([cur] if cur else [])
-
-
 def settle() -> None:
     """Start a timing from a quiet machine: no dirty pages waiting for write-back, and an idle
     server. vLLM's workers busy-poll their shared-memory queue for 1 s after every message
@@ -92,6 +80,7 @@ def main() -> None:
     from igrpo_megatron.rollout import Refitter, launch_server
     from igrpo_megatron.rollout.server import free_port
     from igrpo_megatron.tiny import make_model
+    from igrpo_megatron.weights import bucketize
 
     work = args.workdir or tempfile.mkdtemp(prefix="refit_bench_")
     rows = []
@@ -103,7 +92,7 @@ def main() -> None:
         nbytes = sum(t.numel() * t.element_size() for t in sd.values())
         g = torch.Generator().manual_seed(0)
         sd = {n: t + 0.01 * torch.randn(t.shape, generator=g) for n, t in sd.items()}
-        buckets = buckets_of(sd, args.bucket_mb << 20)
+        buckets = list(bucketize(sd.items(), args.bucket_mb << 20))
         refit_dir = os.path.join(work, f"{size}_refit")
         cfg = RolloutConfig(dtype="float32", max_model_len=512, max_prompt_tokens=256, max_tokens=256,
                             kv_cache_memory_bytes=128 << 20, enforce_eager=True, startup_timeout_s=900,

@@ -70,15 +70,10 @@ def hf_greedy(model, prompt_ids: list[int], max_new_tokens: int) -> tuple[list[i
 
 
 def state_dict_buckets(state_dict: dict, bucket_bytes: int) -> list[list[tuple[str, torch.Tensor]]]:
-    """HF-named tensors grouped like ``export_hf_weights`` groups them (at most ~bucket_bytes each)."""
-    buckets, cur, size = [], [], 0
-    for name, t in state_dict.items():
-        if cur and size + t.numel() * t.element_size() > bucket_bytes:
-            buckets.append(cur)
-            cur, size = [], 0
-        cur.append((name, t.detach().clone()))
-        size += t.numel() * t.element_size()
-    return buckets + ([cur] if cur else [])
+    """HF-named tensors (copies) grouped as ``export_hf_weights`` groups them."""
+    from igrpo_megatron.weights import bucketize
+
+    return list(bucketize(((n, t.detach().clone()) for n, t in state_dict.items()), bucket_bytes))
 
 
 def perturbed_state_dict(model, scale: float = 0.02, seed: int = 0) -> dict:
