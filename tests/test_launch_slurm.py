@@ -131,21 +131,14 @@ def test_sbatch_runs_the_real_trainer_for_one_step_against_the_servers_it_starte
     import yaml
 
     from igrpo_megatron.metrics import read_metrics
+    from trainer_fixtures import tiny_run_config
 
     run = tmp_path / "run"
-    cfg = {
-        "model": {"hf_path": tiny_qwen2, "dtype": "fp32"},
-        "parallel": {"tp": 2, "use_distributed_optimizer": False},
-        "optim": {"lr": 1e-3, "warmup_ratio": 0.0, "min_lr_ratio": 1.0},
-        "igrpo": {"num_drafts": 2, "num_refinements": 2, "group_budget": 4},
-        "reward": {"num_workers": 1},
-        "data": {"preset": "synthetic", "synthetic_size": 16},
-        "rollout": {"port": 18285, "dtype": "float32", "enforce_eager": True, "kv_cache_memory_bytes": 1 << 27,
-                    "max_model_len": 1024, "max_prompt_tokens": 900, "max_tokens": 8, "temperature": 1.0,
-                    "startup_timeout_s": 600, "refit_transport": "disk", "refit_dir": str(tmp_path / "refit")},
-        "train": {"output_dir": str(run), "prompts_per_step": 2, "micro_batch_size": 4, "max_steps": 1,
-                  "save_every": 100, "tensorboard": False},
-    }
+    cfg = tiny_run_config(
+        tiny_qwen2, str(run), port=18285, data={"synthetic_size": 16},
+        rollout={"max_tokens": 8, "startup_timeout_s": 600, "refit_transport": "disk",
+                 "refit_dir": str(tmp_path / "refit")},
+        train={"prompts_per_step": 2, "max_steps": 1, "save_every": 100})
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
     env = {"CONFIG": str(tmp_path / "run.yaml"), "ROLLOUT_NODES": "0", "GPUS_PER_NODE": "2",
            "SERVERS_PER_NODE": "1", "RDZV_PORT": "18291", "LOG_ROOT": str(tmp_path / "logs"), "OMP_NUM_THREADS": "1"}

@@ -11,25 +11,17 @@ import yaml
 
 from igrpo_megatron.metrics import STEP_FIELDS, read_metrics
 from torchrun_util import REPO, run_torchrun
+from trainer_fixtures import tiny_run_config
 
 TRAIN_CLI = os.path.join(REPO, "igrpo_megatron", "cli", "train.py")
 PROMPTS_PER_STEP = 4
 
 
 def _config(tmp_path, model_dir) -> str:
-    cfg = {
-        "model": {"hf_path": model_dir, "dtype": "fp32"},
-        "parallel": {"tp": 2, "use_distributed_optimizer": False},
-        "optim": {"lr": 1e-3, "warmup_ratio": 0.0, "min_lr_ratio": 1.0},
-        "igrpo": {"num_drafts": 2, "num_refinements": 2, "group_budget": 4},
-        "reward": {"num_workers": 1},
-        "data": {"preset": "synthetic", "synthetic_size": 64},
-        "rollout": {"port": 18120, "dtype": "float32", "enforce_eager": True, "kv_cache_memory_bytes": 1 << 27,
-                    "max_model_len": 1024, "max_prompt_tokens": 900, "max_tokens": 12, "temperature": 1.0,
-                    "startup_timeout_s": 400},
-        "train": {"output_dir": str(tmp_path / "run"), "prompts_per_step": PROMPTS_PER_STEP, "micro_batch_size": 4,
-                  "max_steps": 3, "save_every": 1, "keep_last": 2, "tensorboard": False},
-    }
+    cfg = tiny_run_config(
+        model_dir, str(tmp_path / "run"), port=18120,
+        data={"synthetic_size": 64}, rollout={"max_tokens": 12, "startup_timeout_s": 400},
+        train={"prompts_per_step": PROMPTS_PER_STEP, "max_steps": 3, "save_every": 1, "keep_last": 2})
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return str(path)
