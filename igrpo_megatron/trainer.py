@@ -43,7 +43,7 @@ from igrpo_megatron.algorithms.igrpo import (
 from igrpo_megatron.algorithms.losses import policy_loss
 from igrpo_megatron.batch import TrainBatch
 from igrpo_megatron.config import Config, dump_yaml, validate
-from igrpo_megatron.data.chat import format_prompt
+from igrpo_megatron.data.chat import format_prompt, load_tokenizer
 from igrpo_megatron.metrics import MetricsLogger, PromptRollout, generated_tokens, rollout_metrics
 from igrpo_megatron.rewards.base import RewardItem
 
@@ -214,7 +214,7 @@ class Trainer:
                  num_query_groups=self.hf_cfg.num_kv_heads)
         self.run_dir = cfg.train.output_dir
         self.ckpt_root = os.path.join(self.run_dir, "checkpoints")
-        self.tokenizer = _load_tokenizer(cfg)
+        self.tokenizer = load_tokenizer(cfg.model)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.prompts = PromptIterator(load_prompts(cfg.data), cfg.data.seed, cfg.data.shuffle)
         self.total_steps = cfg.train.max_steps if cfg.train.max_steps is not None else (
@@ -405,12 +405,6 @@ def _train_record(m: dict) -> dict:
     rec.update(entropy=get("entropy"), kl=get("approx_kl"), logprob_mismatch=get("mismatch_abs_diff"),
                clip_frac=get("clip_frac_low") + get("clip_frac_high"))
     return rec
-
-
-def _load_tokenizer(cfg: Config):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(cfg.model.tokenizer_path or cfg.model.hf_path)
 
 
 def train(cfg: Config) -> None:

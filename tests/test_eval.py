@@ -8,7 +8,6 @@ import json
 import math
 import os
 import random
-import socket
 import subprocess
 import sys
 
@@ -17,6 +16,7 @@ import pytest
 from igrpo_megatron.config import ConfigError, EvalConfig, RewardConfig, load_config
 from igrpo_megatron.eval import BENCHMARKS, load_benchmark, pass_at_k, summarize
 from igrpo_megatron.eval.runner import check_eval_config, score_completions, summarize_records
+from igrpo_megatron.rollout.server import free_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -119,15 +119,9 @@ def test_eval_config_errors_name_the_field():
             check_eval_config(EvalConfig(**kwargs))
 
 
-def _free_port(lo: int = 18200, hi: int = 18300) -> int:
-    for port in random.sample(range(lo, hi), hi - lo):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-                return port
-            except OSError:
-                continue
-    raise RuntimeError("no free port in 18200-18299")
+def _free_port() -> int:
+    # A random start keeps test sessions that run side by side off each other's ports.
+    return free_port(ports=range(random.randrange(18200, 18290), 18300))
 
 
 def test_igrpo_eval_end_to_end_on_a_real_vllm_server(tiny_qwen2, tmp_path):

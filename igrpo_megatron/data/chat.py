@@ -1,4 +1,4 @@
-"""Prompt token ids through the tokenizer's own chat template.
+"""The run's tokenizer, and prompt token ids through its own chat template.
 
 The system prompt wording belongs to the algorithm (igrpo_megatron/algorithms/igrpo.py), so this
 takes ready messages and only renders them.
@@ -6,6 +6,13 @@ takes ready messages and only renders them.
 from __future__ import annotations
 
 from typing import Sequence
+
+
+def load_tokenizer(model_cfg):
+    """The run's tokenizer: ``model.tokenizer_path``, else the one beside ``model.hf_path``."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_cfg.tokenizer_path or model_cfg.hf_path)
 
 
 def format_prompt(tokenizer, messages: Sequence[dict], add_generation_prompt: bool = True) -> list[int]:

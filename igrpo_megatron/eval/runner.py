@@ -107,9 +107,9 @@ def evaluate(cfg: Config, server_urls: Sequence[str], api_key: str, tokenizer=No
     e = cfg.eval
     check_eval_config(e)
     if tokenizer is None:
-        from transformers import AutoTokenizer
+        from igrpo_megatron.data import load_tokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(cfg.model.tokenizer_path or cfg.model.hf_path)
+        tokenizer = load_tokenizer(cfg.model)
     output_dir = output_dir or e.output_dir
     os.makedirs(output_dir, exist_ok=True)
     loaded = [load_benchmark(spec, e.data_dir, e.limit) for spec in e.benchmarks]  # fail before generating
