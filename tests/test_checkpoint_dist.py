@@ -45,8 +45,7 @@ def _sigkill_after_save(ckpt: str, hf: str, step: int) -> str:
     try:
         for line in proc.stdout:
             lines.append(line)
-            if line.startswith("PID "):
-                pids.append(int(line.split()[1]))
+            pids += [int(pid) for pid in re.findall(r"PID (\d+)", line)]
             if line.strip() == f"SAVED {step}":
                 break
         else:

@@ -34,7 +34,7 @@ def main():
     policy = setup(args.hf, args.tp, args.pp)
     parts = (policy.model_chunks, policy.optimizer, policy.scheduler)
     stream = ExampleStream(num_examples=24, vocab=vocab)  # 24 examples, 8 per step: epochs roll over
-    print(f"PID {os.getpid()}", flush=True)
+    os.write(1, f"PID {os.getpid()}\n".encode())  # one write(2): ranks share the pipe, lines must not interleave
     rank0 = dist.get_rank() == 0
     start = 0
     if find_latest(args.ckpt) is not None:
