@@ -19,8 +19,8 @@ import torch
 from rollout_fixtures import (hf_greedy, hf_model, perturbed_state_dict, rollout_server,  # noqa: F401
                               rollout_test_config, start_test_server, state_dict_buckets)
 
-from igrpo_megatron.rollout import (RolloutClient, RolloutError, SamplingParams, StaleRolloutError,
-                                    Refitter)
+from igrpo_megatron.rollout import (RefitError, RolloutClient, RolloutError, SamplingParams,
+                                    StaleRolloutError, Refitter)
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
 _versions = itertools.count(1)
@@ -108,6 +108,46 @@ def test_without_prefix_cache_reset_long_prompt_is_wrong(rollout_server, hf, tmp
     admin.reset_prefix_cache()
     [[fresh]] = client.generate_batch([long_prompt], 1, GREEDY)
     assert fresh.token_ids == ref_b[0] and max_logprob_diff([fresh], [ref_b]) < 1e-4
+
+
+def test_abandoned_stream_is_ended_by_the_next_refit(rollout_server, hf, tmp_path):
+    """A trainer that died mid-update left a stream open with half the tensors loaded and the
+    server paused; the next update ends it and replaces every layer: greedy output equals
+    transformers' again."""
+    from safetensors.torch import save_file
+
+    admin = rollout_server.admin
+    admin.pause("wait")
+    assert int(admin.collective_rpc("igrpo_stream_begin")[0]) == 0
+    half = dict(list(perturbed_state_dict(hf, seed=32).items())[: len(hf.state_dict()) // 2])
+    save_file(half, str(tmp_path / "half.safetensors"))
+    admin.collective_rpc("igrpo_stream_file", [str(tmp_path / "half.safetensors")])
+
+    sd = perturbed_state_dict(hf, seed=31)
+    client = RolloutClient([rollout_server.url], rollout_server.api_key)
+    version = next_version()
+    stats = refit(rollout_server, sd, version, client=client)
+    assert stats.num_tensors == len(sd) and admin.weight_version() == version
+    assert not admin.request("GET", "/is_paused")["is_paused"]
+    refs = references(hf, sd, prompts())
+    samples = [s[0] for s in client.generate_batch(prompts(), 1, GREEDY)]
+    assert [s.token_ids for s in samples] == [r[0] for r in refs]
+    assert max_logprob_diff(samples, refs) < 1e-4
+
+
+def test_failed_load_names_the_server_and_leaves_it_paused(tiny_qwen2, hf, tmp_path):
+    """A tensor of the wrong shape fails the update with a RefitError naming the server, which
+    stays paused with its old version rather than generating from half-loaded weights."""
+    server = start_test_server(tiny_qwen2, str(tmp_path))
+    try:
+        sd = perturbed_state_dict(hf, seed=33)
+        name = "model.layers.0.mlp.down_proj.weight"
+        with pytest.raises(RefitError, match=f"failed on {server.url}.*exceeds dimension size"):
+            refit(server, {**sd, name: sd[name].t().contiguous()}, version=1)
+        assert server.admin.request("GET", "/is_paused")["is_paused"]
+        assert server.admin.weight_version() == 0
+    finally:
+        server.stop()
 
 
 def _status(url: str, method: str, key: str | None, body: dict | None = None) -> int:

@@ -6,12 +6,17 @@ every rank iterates it; only the sender gets non-empty buckets and talks to the 
 
 One update, on every server::
 
-    transport.stage(buckets)        # move bytes to the servers; generation keeps running
     POST /pause?mode=wait           # rollout.refit_pause_mode
-    transport.apply()               # /collective_rpc -> worker reload_weights
+    transport.load(buckets)         # export, move and load, overlapped bucket by bucket
     POST /reset_prefix_cache        # cached KV blocks were computed by the old weights
     POST /update_weight_version     # the label vLLM attaches to every token it generates next
     POST /resume
+
+The disk and http transports stream: each server's worker runs one ``reload_weights`` in a
+thread fed bucket by bucket (``WeightSyncExtension.igrpo_stream_*``), so it loads bucket k while
+the trainer exports and writes or sends bucket k+1, and an update costs about the slower of the
+two sides rather than their sum. The servers are paused for the whole update: the trainer's loop
+is synchronous (no generation runs during a refit), so the total is what counts, not the pause.
 
 Weight-version labelling. vLLM attaches the engine's current version to each step's output
 tokens and ``/inference/v1/generate`` returns them as spans, which the client turns into
@@ -24,10 +29,11 @@ cancelled and the client retries it. Nothing is labelled from the client's clock
 
 Transports (``rollout.refit_transport``):
 
-* ``disk``: the sender writes the buckets as safetensors into ``rollout.refit_dir`` (a filesystem
-  every server can read), then each server loads the folder. Scales to any model size.
-* ``http``: each bucket travels base64-encoded in a ``/collective_rpc`` body and is staged in the
-  workers' memory, then committed. No shared filesystem needed; meant for small models.
+* ``disk``: the sender writes each bucket as a safetensors file into ``rollout.refit_dir`` (a
+  filesystem every server can read) and, once it is closed, names it to every server, which
+  loads it. Scales to any model size; needs only close-to-open consistency (NFS gives it).
+* ``http``: each bucket travels base64-encoded in a ``/collective_rpc`` body. No shared
+  filesystem needed; meant for small models.
 * ``nccl`` (GPUs only, NOT tested here: this machine has no GPU): vLLM's NCCL weight-transfer
   engine; tensors are broadcast from the sender's GPU straight into the servers' GPUs.
 
@@ -66,9 +72,9 @@ class RefitStats:
     version: int
     num_tensors: int
     num_bytes: int
-    stage_s: float  # export + moving the bytes (servers keep generating)
-    pause_s: float  # servers paused: load, cache reset, version, resume
-    total_s: float
+    pause_s: float  # POST /pause: with pause_mode=wait, waiting for the requests in flight
+    load_s: float  # export + moving the bytes + loading them on the servers (overlapped)
+    total_s: float  # the whole update, pause to resume
 
 
 def _is_sender() -> bool:
@@ -90,11 +96,46 @@ def _on_all(admins: Sequence[ServerAdmin], fn: Callable[[ServerAdmin], object]) 
         return results
 
 
-def _check_counts(results: list, expected: int, what: str) -> None:
+def _cpu_tensors(bucket: Bucket) -> dict:
+    return {name: t.detach().contiguous().cpu() for name, t in bucket}
+
+
+def _nbytes(tensors: dict) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def _stream(admins: Sequence[ServerAdmin], method: str, items: Iterable[str], num_tensors: Callable[[], int]) -> None:
+    """Load one update into every server, item by item, then check the count.
+
+    Worker ``method`` returns once its item is loaded, so it is called from a second thread while
+    this one produces the next item (exports and writes or encodes the next bucket): the two
+    overlap. Measured on 2 cores (100M-parameter model, 32 MB buckets, tmpfs, best of 4): 0.54 s
+    overlapped against 0.87 s for writing every bucket and then loading the folder, and 1.7 s for
+    loading each bucket before writing the next (vLLM's workers busy-poll for 1 s after every
+    message and then compete with the writes).
+    """
+    _on_all(admins, lambda a: a.collective_rpc("igrpo_stream_begin"))
+    try:
+        with ThreadPoolExecutor(max_workers=1) as sender:
+            pending = None
+            for item in items:
+                if pending is not None:
+                    pending.result()
+                pending = sender.submit(_on_all, admins, lambda a, item=item: a.collective_rpc(method, [item]))
+            if pending is not None:
+                pending.result()
+    except BaseException:
+        try:  # end the workers' load threads; the servers stay paused
+            _on_all(admins, lambda a: a.collective_rpc("igrpo_stream_end"))
+        except RefitError as e:
+            log.warning("ending the weight stream after a failure also failed: %s", e)
+        raise
+    results = _on_all(admins, lambda a: a.collective_rpc("igrpo_stream_end"))
+    expected = num_tensors()
     for per_server in results:
         for n in per_server:
             if int(n) != expected:
-                raise RefitError(f"{what}: a worker loaded {n} tensors, the trainer sent {expected}")
+                raise RefitError(f"a worker loaded {n} tensors, the trainer sent {expected}")
 
 
 class DiskTransport:
@@ -106,29 +147,30 @@ class DiskTransport:
                               "filesystem that the trainer's rank 0 and every rollout server can read")
         self.root, self.admins = cfg.refit_dir, admins
         self.folder: Optional[str] = None
-        self.num_tensors = 0
+        self.num_tensors = self.num_bytes = 0
 
-    def stage(self, buckets: Iterable[Bucket], version: int) -> int:
-        from safetensors.torch import save_file
-
+    def load(self, buckets: Iterable[Bucket], version: int) -> int:
         final = os.path.join(self.root, f"v{version:08d}")
         tmp = final + ".partial"
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
-        nbytes = self.num_tensors = 0
-        for i, bucket in enumerate(buckets):
-            tensors = {name: t.detach().contiguous().cpu() for name, t in bucket}
-            save_file(tensors, os.path.join(tmp, f"bucket-{i:05d}.safetensors"))
-            self.num_tensors += len(tensors)
-            nbytes += sum(t.numel() * t.element_size() for t in tensors.values())
+        self.num_tensors = self.num_bytes = 0
+        _stream(self.admins, "igrpo_stream_file", self._write(buckets, tmp), lambda: self.num_tensors)
         shutil.rmtree(final, ignore_errors=True)
-        os.rename(tmp, final)  # a server never sees a half-written version
+        os.rename(tmp, final)  # only complete versions carry the final name
         self.folder = final
-        return nbytes
+        return self.num_bytes
 
-    def apply(self) -> None:
-        results = _on_all(self.admins, lambda a: a.collective_rpc("igrpo_load_safetensors", [self.folder]))
-        _check_counts(results, self.num_tensors, f"loading {self.folder}")
+    def _write(self, buckets: Iterable[Bucket], folder: str) -> Iterable[str]:
+        from safetensors.torch import save_file
+
+        for i, bucket in enumerate(buckets):
+            tensors = _cpu_tensors(bucket)
+            path = os.path.join(folder, f"bucket-{i:05d}.safetensors")
+            save_file(tensors, path)  # closed before the servers hear of it
+            self.num_tensors += len(tensors)
+            self.num_bytes += _nbytes(tensors)
+            yield path
 
     def cleanup(self) -> None:
         """Delete the folders of older versions (the current one stays for inspection/restarts)."""
@@ -139,29 +181,25 @@ class DiskTransport:
 
 
 class HttpTransport:
-    """Base64 safetensors buckets in ``/collective_rpc`` bodies, staged in worker memory."""
+    """Base64 safetensors buckets in ``/collective_rpc`` bodies."""
 
     def __init__(self, cfg: RolloutConfig, admins: Sequence[ServerAdmin]) -> None:
         self.admins = admins
-        self.num_tensors = 0
+        self.num_tensors = self.num_bytes = 0
 
-    def stage(self, buckets: Iterable[Bucket], version: int) -> int:
+    def load(self, buckets: Iterable[Bucket], version: int) -> int:
+        self.num_tensors = self.num_bytes = 0
+        _stream(self.admins, "igrpo_stream_bytes", self._encode(buckets), lambda: self.num_tensors)
+        return self.num_bytes
+
+    def _encode(self, buckets: Iterable[Bucket]) -> Iterable[str]:
         from safetensors.torch import save
 
-        nbytes = self.num_tensors = 0
-        _on_all(self.admins, lambda a: a.collective_rpc("igrpo_discard_staged"))
         for bucket in buckets:
-            tensors = {name: t.detach().contiguous().cpu() for name, t in bucket}
-            payload = base64.b64encode(save(tensors)).decode("ascii")
-            results = _on_all(self.admins, lambda a: a.collective_rpc("igrpo_stage_safetensors_b64", [payload]))
-            _check_counts(results, len(tensors), "staging a bucket")
+            tensors = _cpu_tensors(bucket)
             self.num_tensors += len(tensors)
-            nbytes += sum(t.numel() * t.element_size() for t in tensors.values())
-        return nbytes
-
-    def apply(self) -> None:
-        results = _on_all(self.admins, lambda a: a.collective_rpc("igrpo_commit_staged"))
-        _check_counts(results, self.num_tensors, "committing staged buckets")
+            self.num_bytes += _nbytes(tensors)
+            yield base64.b64encode(save(tensors)).decode("ascii")
 
     def cleanup(self) -> None:
         pass
@@ -173,10 +211,8 @@ class NcclTransport:
     The sender (trainer rank 0) is NCCL rank 0 of a group it shares with every worker of every
     server (``rank_offset`` = 1 + the workers of the servers before it). Joining that group needs
     vLLM's ``PyNcclCommunicator``, so this transport, and only it, imports vLLM in the trainer.
-    Weights are loaded while received, hence the servers are paused before staging.
+    Weights are loaded while received.
     """
-
-    pause_before_stage = True
 
     def __init__(self, cfg: RolloutConfig, admins: Sequence[ServerAdmin]) -> None:
         if not cfg.nccl_master_address:
@@ -207,7 +243,7 @@ class NcclTransport:
             for f in futures:
                 f.result()
 
-    def stage(self, buckets: Iterable[Bucket], version: int) -> int:
+    def load(self, buckets: Iterable[Bucket], version: int) -> int:
         import torch
 
         if self.group is None:
@@ -232,9 +268,6 @@ class NcclTransport:
             self.num_tensors += len(tensors)
         _on_all(self.admins, lambda a: a.request("POST", "/finish_weight_update", {"weight_version": str(version)}))
         return nbytes
-
-    def apply(self) -> None:
-        pass  # loaded while received
 
     def cleanup(self) -> None:
         pass
@@ -270,16 +303,11 @@ class Refitter:
             for _ in buckets:
                 pass
             return None
-        t0 = t_pause = time.perf_counter()
-        early_pause = getattr(self.transport, "pause_before_stage", False)
-        if early_pause:
-            self._pause()
-        nbytes = self.transport.stage(buckets, version)
-        t_staged = time.perf_counter()
-        if not early_pause:
-            t_pause = t_staged
-            self._pause()
-        self.transport.apply()
+        t0 = time.perf_counter()
+        _on_all(self.admins, lambda a: a.pause(self.cfg.refit_pause_mode))
+        t_paused = time.perf_counter()
+        nbytes = self.transport.load(buckets, version)
+        t_loaded = time.perf_counter()
         _on_all(self.admins, lambda a: a.reset_prefix_cache())
         _on_all(self.admins, lambda a: a.set_weight_version(version))
         _on_all(self.admins, lambda a: a.resume())
@@ -287,11 +315,8 @@ class Refitter:
         self.transport.cleanup()
         if self.client is not None:
             self.client.expected_version = version
-        stats = RefitStats(version, self.transport.num_tensors, nbytes, t_staged - t0,
-                           t_end - t_pause, t_end - t0)
-        log.info("refit v%d: %d tensors, %.1f MB, stage %.2f s, paused %.2f s", version,
-                 stats.num_tensors, nbytes / 1e6, stats.stage_s, stats.pause_s)
+        stats = RefitStats(version, self.transport.num_tensors, nbytes, t_paused - t0, t_loaded - t_paused,
+                           t_end - t0)
+        log.info("refit v%d: %d tensors, %.1f MB, pause %.2f s, load %.2f s, total %.2f s", version,
+                 stats.num_tensors, nbytes / 1e6, stats.pause_s, stats.load_s, stats.total_s)
         return stats
-
-    def _pause(self) -> None:
-        _on_all(self.admins, lambda a: a.pause(self.cfg.refit_pause_mode))
