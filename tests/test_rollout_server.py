@@ -110,6 +110,37 @@ def test_without_prefix_cache_reset_long_prompt_is_wrong(rollout_server, hf, tmp
     assert fresh.token_ids == ref_b[0] and max_logprob_diff([fresh], [ref_b]) < 1e-4
 
 
+@torch.no_grad()
+def tempered_logprobs(model, prompt_ids: list[int], token_ids: list[int], temperature: float) -> list[float]:
+    """log softmax(logits / T) of each sampled token, in one forward over prompt + sample."""
+    logits = model(torch.tensor([prompt_ids + token_ids])).logits[0, len(prompt_ids) - 1:-1].float()
+    lp = torch.log_softmax(logits / temperature, dim=-1)
+    return lp.gather(1, torch.tensor(token_ids)[:, None])[:, 0].tolist()
+
+
+def test_sampled_logprobs_are_those_of_the_tempered_distribution(rollout_server, hf):
+    """At temperature 0.7 (the paper's) the server reports log softmax(logits / 0.7) of each sampled
+    token, the quantity the trainer's logprobs and truncated importance sampling use; vLLM's
+    default (logits before temperature) is 1e-2 or more away, so the check can tell them apart."""
+    sd = perturbed_state_dict(hf, seed=41)
+    refit(rollout_server, sd, next_version())
+    hf.load_state_dict(sd)
+    client = RolloutClient([rollout_server.url], rollout_server.api_key)
+    params = SamplingParams(temperature=0.7, max_tokens=24, ignore_eos=True, seed=3)
+    groups = client.generate_batch(prompts(), 2, params)
+    diffs, raw_diffs = [], []
+    for prompt, group in zip(prompts(), groups):
+        assert len(group) == 2 and group[0].token_ids != group[1].token_ids
+        for s in group:
+            assert len(s.token_ids) == 24 and s.finish_reason == "length"
+            ref = tempered_logprobs(hf, prompt, s.token_ids, 0.7)
+            raw = tempered_logprobs(hf, prompt, s.token_ids, 1.0)
+            diffs += [abs(a - b) for a, b in zip(s.logprobs, ref)]
+            raw_diffs += [abs(a - b) for a, b in zip(s.logprobs, raw)]
+    assert max(diffs) < 1e-4
+    assert max(raw_diffs) > 1e-2
+
+
 def test_abandoned_stream_is_ended_by_the_next_refit(rollout_server, hf, tmp_path):
     """A trainer that died mid-update left a stream open with half the tensors loaded and the
     server paused; the next update ends it and replaces every layer: greedy output equals

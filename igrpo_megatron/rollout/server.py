@@ -83,6 +83,9 @@ def build_server_command(cfg: RolloutConfig, model_path: str, port: int, on_cpu:
            "--dtype", cfg.dtype,
            "--max-model-len", str(cfg.max_model_len),
            "--seed", str(cfg.seed),
+           # Logprobs of the distribution sampled from (after temperature), as the trainer's
+           # old/rollout logprobs are; vLLM's default reports them before temperature.
+           "--logprobs-mode", "processed_logprobs",
            "--enable-scale-out",
            "--worker-extension-cls", EXTENSION_CLS,
            "--middleware", MIDDLEWARE_CLS]
