@@ -250,7 +250,8 @@ class Trainer:
             f.write(dump_yaml(self.cfg))
         self.logger = MetricsLogger(self.run_dir, tensorboard=self.cfg.train.tensorboard)
         r = self.cfg.rollout
-        urls, api_key = list(r.server_urls), resolve_api_key(r)
+        urls = list(r.server_urls)
+        api_key = resolve_api_key(r, self.run_dir, generate=not urls)
         if not urls:
             self._server = launch_server(r, self.cfg.model.hf_path, os.path.join(self.run_dir, "vllm.log"),
                                          api_key=api_key, tokenizer_path=self.cfg.model.tokenizer_path)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shlex
 
 import pytest
@@ -10,7 +11,8 @@ from igrpo_megatron.cli.serve import main as serve_main
 from igrpo_megatron.config import ConfigError, RolloutConfig
 from igrpo_megatron.rollout import RolloutServerError, ServerStartError, build_server_command, launch_server
 from igrpo_megatron.rollout.admin import parse_weight_version
-from igrpo_megatron.rollout.server import CPU_DEFAULT_KV_CACHE_BYTES, free_port
+from igrpo_megatron.rollout.auth import API_KEY_ENV
+from igrpo_megatron.rollout.server import CPU_DEFAULT_KV_CACHE_BYTES, free_port, resolve_api_key, store_api_key
 
 
 def _flag(cmd: list[str], name: str) -> str:
@@ -56,6 +58,22 @@ def test_igrpo_serve_dry_run_prints_the_command(capsys, tmp_path):
     assert (_flag(cmd, "--model"), _flag(cmd, "--port"), _flag(cmd, "--host")) == (str(tmp_path), "18077", "0.0.0.0")
     assert serve_main(["--dry-run", "data.preset=synthetic"]) == 2  # no model.hf_path, no --model
     assert "set model.hf_path or pass --model" in capsys.readouterr().err
+
+
+def test_api_key_from_config_env_or_the_file_igrpo_serve_stored(tmp_path, monkeypatch):
+    """A trainer pointed at servers started elsewhere must use their key, never invent one."""
+    monkeypatch.delenv(API_KEY_ENV, raising=False)
+    cfg, key_dir = RolloutConfig(), str(tmp_path)
+    with pytest.raises(ConfigError, match=r"rollout.api_key or \$IGRPO_ROLLOUT_API_KEY.*rollout_api_key"):
+        resolve_api_key(cfg, key_dir, generate=False)
+    fresh = resolve_api_key(cfg, key_dir)
+    assert len(fresh) >= 32 and fresh != resolve_api_key(cfg, key_dir)
+    path = store_api_key(key_dir, fresh)
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert resolve_api_key(cfg, key_dir, generate=False) == fresh
+    monkeypatch.setenv(API_KEY_ENV, "from-env")
+    assert resolve_api_key(cfg, key_dir, generate=False) == "from-env"
+    assert resolve_api_key(RolloutConfig(api_key="from-config"), key_dir, generate=False) == "from-config"
 
 
 def test_weight_version_labels():

@@ -46,9 +46,9 @@ def main(argv: list[str] | None = None) -> int:
 
         check_eval_config(cfg.eval)
         r = cfg.rollout
-        api_key = resolve_api_key(r)
+        urls = list(r.server_urls)
+        api_key = resolve_api_key(r, cfg.train.output_dir, generate=not urls)
         with contextlib.ExitStack() as stack:
-            urls = list(r.server_urls)
             if not urls:
                 if not cfg.model.hf_path:
                     raise ConfigError("no model to evaluate: set model.hf_path, pass --model, or give "

@@ -2,8 +2,9 @@
 
 The server gets the model of ``model.hf_path`` (or ``--model``) and every ``rollout.*`` setting,
 binds ``rollout.host:rollout.port`` (127.0.0.1 unless the config names an interface) and requires
-an API key on every route: ``rollout.api_key``, else ``$IGRPO_ROLLOUT_API_KEY``, else a fresh key
-written to ``<train.output_dir>/rollout_api_key`` (mode 0600) for the trainer to read.
+an API key on every route: ``rollout.api_key``, else ``$IGRPO_ROLLOUT_API_KEY``, else the key in
+``<train.output_dir>/rollout_api_key`` (mode 0600), generated and stored there on the first start;
+``igrpo-train`` and ``igrpo-eval`` with the same output folder and ``rollout.server_urls`` read it.
 It runs until SIGINT/SIGTERM and then stops the server's processes. ``--dry-run`` prints the
 server command and exits.
 """
@@ -39,21 +40,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from igrpo_megatron.rollout.server import (ServerStartError, build_server_command, cuda_available,
-                                               launch_server, resolve_api_key)
+                                               launch_server, resolve_api_key, store_api_key)
 
     r = cfg.rollout
     if args.dry_run:
         cmd = build_server_command(r, model, r.port, not cuda_available(), cfg.model.tokenizer_path)
         print(shlex.join(cmd))
         return 0
-    api_key = resolve_api_key(r)
+    api_key = resolve_api_key(r, cfg.train.output_dir)
     os.makedirs(cfg.train.output_dir, exist_ok=True)
     if not (r.api_key or os.environ.get(API_KEY_ENV)):
-        key_file = os.path.join(cfg.train.output_dir, "rollout_api_key")
-        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(api_key + "\n")
-        print(f"igrpo-serve: generated API key written to {key_file}", flush=True)
+        print(f"igrpo-serve: API key in {store_api_key(cfg.train.output_dir, api_key)}", flush=True)
     log_path = args.log or os.path.join(cfg.train.output_dir, f"rollout_server_{r.port}.log")
     try:
         handle = launch_server(r, model, log_path, api_key=api_key, tokenizer_path=cfg.model.tokenizer_path)

@@ -43,9 +43,39 @@ class ServerStartError(RuntimeError):
     """The server exited or did not become healthy; the message carries the end of its log."""
 
 
-def resolve_api_key(cfg: RolloutConfig) -> str:
-    """``rollout.api_key``, else ``$IGRPO_ROLLOUT_API_KEY`` (shared by a job's scripts), else a fresh key."""
-    return cfg.api_key or os.environ.get(API_KEY_ENV) or secrets.token_urlsafe(32)
+API_KEY_FILE = "rollout_api_key"  # in train.output_dir: what igrpo-serve generated, for the trainer
+
+
+def resolve_api_key(cfg: RolloutConfig, key_dir: Optional[str] = None, generate: bool = True) -> str:
+    """The rollout servers' API key.
+
+    ``rollout.api_key``, else ``$IGRPO_ROLLOUT_API_KEY`` (shared by a job's scripts), else the key
+    that ``igrpo-serve`` stored in ``<key_dir>/rollout_api_key``, else a fresh key when ``generate``
+    (for a server this process starts). A client of servers started elsewhere passes
+    ``generate=False``: a key of its own could never match theirs.
+    """
+    key = cfg.api_key or os.environ.get(API_KEY_ENV)
+    path = os.path.join(key_dir, API_KEY_FILE) if key_dir else None
+    if not key and path and os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            key = f.read().strip()
+    if key:
+        return key
+    if not generate:
+        raise ConfigError(f"rollout.server_urls names running servers but no API key is known: set "
+                          f"rollout.api_key or ${API_KEY_ENV}, or start igrpo-serve with the same "
+                          f"train.output_dir (it stores its key in {path or API_KEY_FILE})")
+    return secrets.token_urlsafe(32)
+
+
+def store_api_key(key_dir: str, key: str) -> str:
+    """Write ``key`` to ``<key_dir>/rollout_api_key``, readable by its owner only; returns the path."""
+    os.makedirs(key_dir, exist_ok=True)
+    path = os.path.join(key_dir, API_KEY_FILE)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    return path
 
 
 def cuda_available() -> bool:
