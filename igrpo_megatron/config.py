@@ -404,9 +404,8 @@ def _require(cond: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
-def validate(cfg: Config, world_size: Optional[int] = None, num_attention_heads: Optional[int] = None,
-             num_query_groups: Optional[int] = None, *, training: bool = True) -> None:
-    """Cross-field checks. Model-shape checks run when the caller knows the shape (from config.json)."""
+def validate(cfg: Config, world_size: Optional[int] = None, *, training: bool = True) -> None:
+    """Cross-field checks; ``models.provider.check_layout`` checks the layout against the model's shape."""
     p, ig, r, t, loss, o = cfg.parallel, cfg.igrpo, cfg.rollout, cfg.train, cfg.loss, cfg.optim
     _require(p.tp >= 1 and p.pp >= 1, "parallel.tp and parallel.pp must be >= 1")
     _require(ig.num_drafts >= 0, "igrpo.num_drafts must be >= 0 (0 is plain GRPO)")
@@ -451,11 +450,3 @@ def validate(cfg: Config, world_size: Optional[int] = None, num_attention_heads:
     if world_size is not None:
         _require(world_size % (p.tp * p.pp) == 0,
                  f"world size {world_size} is not divisible by parallel.tp * parallel.pp = {p.tp * p.pp}")
-    if num_attention_heads is not None:
-        _require(num_attention_heads % p.tp == 0,
-                 f"parallel.tp={p.tp} does not divide the model's {num_attention_heads} attention heads; "
-                 f"choose a divisor of {num_attention_heads}")
-    if num_query_groups is not None:
-        _require(num_query_groups % p.tp == 0,
-                 f"parallel.tp={p.tp} does not divide the model's {num_query_groups} key/value heads; "
-                 f"choose a divisor of {num_query_groups}")

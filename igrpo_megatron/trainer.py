@@ -205,13 +205,14 @@ class Trainer:
     def __init__(self, cfg: Config):
         from igrpo_megatron.data import PromptIterator, load_prompts
         from igrpo_megatron.models import Policy, initialize_parallel, load_hf_config
+        from igrpo_megatron.models.provider import check_layout
 
         self.cfg = cfg
         self.par = initialize_parallel(cfg.parallel, cfg.train.seed)
         self.is_driver = self.par.rank == 0
         self.hf_cfg = load_hf_config(cfg.model.hf_path)
-        validate(cfg, world_size=self.par.world_size, num_attention_heads=self.hf_cfg.num_attention_heads,
-                 num_query_groups=self.hf_cfg.num_kv_heads)
+        validate(cfg, world_size=self.par.world_size)
+        check_layout(self.hf_cfg, cfg.parallel.tp, cfg.parallel.pp)
         self.run_dir = cfg.train.output_dir
         self.ckpt_root = os.path.join(self.run_dir, "checkpoints")
         self.tokenizer = load_tokenizer(cfg.model)

@@ -7,6 +7,7 @@ fail with a message that names the problem.
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -57,7 +58,7 @@ def hf_dir(tmp_path_factory):
 
 def test_from_hf_then_to_hf_round_trip_and_training_checkpoint(hf_dir, tmp_path):
     ckpt, out, train, out2 = (str(tmp_path / n) for n in ("ckpt", "out", "train", "out2"))
-    convert("from-hf", "--hf", hf_dir, "--out", ckpt)
+    convert("from-hf", "--hf", hf_dir, "--out", ckpt, "--tp", "2", "--pp", "2")  # the layout CKPT_WORKER loads at
     assert os.path.isfile(os.path.join(ckpt, "iter_0000000", "hf", "tokenizer.json"))
     convert("to-hf", "--ckpt", ckpt, "--out", out, "--max-shard-size", "64KB")
     with open(os.path.join(out, "model.safetensors.index.json")) as f:
@@ -92,6 +93,17 @@ def test_clear_errors(hf_dir, tmp_path, capsys):
     (odd / "config.json").write_text(json.dumps({"model_type": "mixtral", "num_attention_heads": 4}))
     assert main(["from-hf", "--hf", str(odd), "--out", str(tmp_path / "o2"), "--dtype", "fp32"]) == 2
     assert "'mixtral'" in capsys.readouterr().err
+    # an unsupported architecture that has weights is refused by name, not by a missing tensor
+    gpt2 = tmp_path / "gpt2"
+    shutil.copytree(hf_dir, gpt2)
+    (gpt2 / "config.json").write_text(json.dumps({**json.load(open(gpt2 / "config.json")), "model_type": "gpt2"}))
+    assert main(["from-hf", "--hf", str(gpt2), "--out", str(tmp_path / "o2b")]) == 2
+    assert "model_type 'gpt2' is not supported" in capsys.readouterr().err
+
+    # a training layout that does not fit the model fails before any work
+    assert main(["from-hf", "--hf", hf_dir, "--out", str(tmp_path / "o2c"), "--tp", "3"]) == 2
+    assert "parallel.tp=3 does not divide the model's" in capsys.readouterr().err
+    assert not (tmp_path / "o2c").exists()
 
     no_weights = tmp_path / "no_weights"
     no_weights.mkdir()

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from igrpo_megatron.config import ConfigError, ModelConfig, ParallelConfig
-from igrpo_megatron.models.provider import load_hf_config, padded_vocab_size, use_transformer_engine
+from igrpo_megatron.models.provider import check_layout, load_hf_config, padded_vocab_size, use_transformer_engine
 from torchrun_util import REPO, checks, run_torchrun
 
 
@@ -27,6 +27,17 @@ def test_hf_config_fields(tiny_qwen2, tmp_path):
         load_hf_config(str(tmp_path))
     with pytest.raises(ConfigError, match="model.hf_path"):
         load_hf_config(str(tmp_path / "missing_dir" / "x"))
+
+
+def test_layout_must_divide_heads_kv_heads_and_layers(tiny_qwen2):
+    hf = load_hf_config(tiny_qwen2)  # 4 heads, 2 key/value heads, 2 layers
+    with pytest.raises(ConfigError, match="parallel.tp=3 does not divide the model's 4 attention heads"):
+        check_layout(hf, 3, 1)
+    with pytest.raises(ConfigError, match="parallel.tp=4 does not divide the model's 2 key/value heads"):
+        check_layout(hf, 4, 1)
+    with pytest.raises(ConfigError, match="parallel.pp=4 does not divide the model's 2 layers; choose a divisor of 2"):
+        check_layout(hf, 2, 4)
+    check_layout(hf, 2, 2)
 
 
 def test_padded_vocab_sizes():

@@ -1,11 +1,12 @@
 """igrpo-convert: Hugging Face folder <-> Megatron distributed checkpoint.
 
-    igrpo-convert from-hf --hf HF_DIR --out CKPT_DIR [--dtype fp32|bf16|fp16] [--force]
+    igrpo-convert from-hf --hf HF_DIR --out CKPT_DIR [--tp T --pp P] [--dtype fp32|bf16|fp16] [--force]
     igrpo-convert to-hf --ckpt CKPT_DIR --out HF_DIR [--base-hf HF_DIR] [--dtype ...]
                         [--max-shard-size 2GB] [--force]
 
-Both run in one plain process (no torchrun, no GPU). from-hf always writes at TP=1/PP=1: the
-checkpoint stores global tensors and reshards on load, so training loads it at any TP x PP.
+Both run in one plain process (no torchrun, no GPU). The checkpoint stores global tensors and
+reshards on load, so training loads it at any TP x PP the model's shape allows; from-hf's --tp and
+--pp check the layout you will train at against the model (heads, key/value heads, layers) now.
 to-hf accepts a from-hf checkpoint or a training checkpoint (root folder or one ``iter_*``).
 """
 from __future__ import annotations
@@ -47,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("from-hf", help="HF safetensors folder -> Megatron dist checkpoint (loads at any TP x PP)")
     p.add_argument("--hf", required=True, help="HF model folder (config.json, *.safetensors, tokenizer)")
     p.add_argument("--out", required=True, help="checkpoint folder to create")
+    p.add_argument("--tp", type=int, default=1, help="tensor-parallel size training will use (checked, default 1)")
+    p.add_argument("--pp", type=int, default=1, help="pipeline-parallel size training will use (checked, default 1)")
     p.add_argument("--dtype", choices=dtypes, help="parameter dtype (default: the HF weights' dtype)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
 
@@ -65,8 +68,8 @@ def _convert(args: argparse.Namespace) -> str:
 
     if args.command == "from-hf":
         with tqdm(desc="from-hf: loading HF weights", unit="tensor") as bar:
-            path = hf_to_checkpoint(args.hf, args.out, dtype=args.dtype, progress=bar)
-        return f"wrote Megatron checkpoint {path}"
+            path = hf_to_checkpoint(args.hf, args.out, dtype=args.dtype, progress=bar, tp=args.tp, pp=args.pp)
+        return f"wrote Megatron checkpoint {path} (loads at any TP x PP the model allows, TP={args.tp} x PP={args.pp} checked)"
     with tqdm(desc="to-hf: writing safetensors", unit="B", unit_scale=True, unit_divisor=1024) as bar:
         index = checkpoint_to_hf(args.ckpt, args.out, base_hf=args.base_hf, dtype=args.dtype,
                                  max_shard_bytes=args.max_shard_size, progress=bar)

@@ -159,20 +159,21 @@ def layer_spec(model_cfg: ModelConfig):
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def check_layout(hf_cfg: HFModelConfig, tp: int, pp: int) -> None:
+    """Raise a ConfigError unless TP divides the heads and key/value heads and PP the layers."""
+    for name, n, count, what in (("parallel.tp", tp, hf_cfg.num_attention_heads, "attention heads"),
+                                 ("parallel.tp", tp, hf_cfg.num_kv_heads, "key/value heads"),
+                                 ("parallel.pp", pp, hf_cfg.num_layers, "layers")):
+        if count % n:
+            raise ConfigError(f"{name}={n} does not divide the model's {count} {what}; choose a divisor of {count}")
+
+
 def transformer_config_from_hf(hf_cfg: HFModelConfig, model_cfg: ModelConfig, parallel_cfg: ParallelConfig):
     """A megatron ``TransformerConfig`` equal in architecture to ``hf_cfg``, laid out per ``parallel_cfg``."""
     from megatron.core.transformer.transformer_config import TransformerConfig
 
     tp, pp = parallel_cfg.tp, parallel_cfg.pp
-    if hf_cfg.num_attention_heads % tp:
-        raise ConfigError(f"parallel.tp={tp} does not divide the model's {hf_cfg.num_attention_heads} attention "
-                          f"heads; choose a divisor of {hf_cfg.num_attention_heads}")
-    if hf_cfg.num_kv_heads % tp:
-        raise ConfigError(f"parallel.tp={tp} does not divide the model's {hf_cfg.num_kv_heads} key/value heads; "
-                          f"choose a divisor of {hf_cfg.num_kv_heads}")
-    if hf_cfg.num_layers % pp:
-        raise ConfigError(f"parallel.pp={pp} does not divide the model's {hf_cfg.num_layers} layers; "
-                          f"choose a divisor of {hf_cfg.num_layers}")
+    check_layout(hf_cfg, tp, pp)
     if parallel_cfg.sequence_parallel and tp == 1:
         raise ConfigError("parallel.sequence_parallel=true needs parallel.tp > 1")
     if parallel_cfg.sequence_parallel and not use_transformer_engine(model_cfg):

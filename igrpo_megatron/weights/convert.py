@@ -33,16 +33,23 @@ _HF_DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 _SAFETENSORS_DTYPES = {"F32": "fp32", "BF16": "bf16", "F16": "fp16"}
 
 
-def _single_process_model(hf_dir: str, dtype: str):
-    """The Megatron model at TP=1/PP=1 in a world of one (no launcher needed)."""
-    from igrpo_megatron.models.parallel import initialize_parallel
-    from igrpo_megatron.models.provider import build_model, load_hf_config
+def _hf_config(hf_dir: str):
+    """config.json of a supported architecture; anything else fails here, before any work."""
+    from igrpo_megatron.models.provider import load_hf_config
 
     hf_cfg = load_hf_config(hf_dir)
-    WeightMap(hf_cfg)  # an unsupported architecture fails here, before any work
+    WeightMap(hf_cfg)
+    return hf_cfg
+
+
+def _single_process_model(hf_cfg, hf_dir: str, dtype: str):
+    """The Megatron model at TP=1/PP=1 in a world of one (no launcher needed)."""
+    from igrpo_megatron.models.parallel import initialize_parallel
+    from igrpo_megatron.models.provider import build_model
+
     par = ParallelConfig(tp=1, pp=1)
     initialize_parallel(par, seed=0)
-    return hf_cfg, build_model(hf_cfg, ModelConfig(hf_path=hf_dir, dtype=dtype, transformer_impl="local"), par)
+    return build_model(hf_cfg, ModelConfig(hf_path=hf_dir, dtype=dtype, transformer_impl="local"), par)
 
 
 def _hf_weights_dtype(hf_dir: str) -> str:
@@ -53,16 +60,22 @@ def _hf_weights_dtype(hf_dir: str) -> str:
     return _SAFETENSORS_DTYPES[kind]
 
 
-def hf_to_checkpoint(hf_dir: str, out_dir: str, dtype: Optional[str] = None, progress=None) -> str:
+def hf_to_checkpoint(hf_dir: str, out_dir: str, dtype: Optional[str] = None, progress=None,
+                     tp: int = 1, pp: int = 1) -> str:
     """Convert an HF folder to a Megatron dist checkpoint under ``out_dir``; returns the iter folder.
 
-    ``dtype`` (fp32 | bf16 | fp16) defaults to the dtype of the HF weights.
+    ``dtype`` (fp32 | bf16 | fp16) defaults to the dtype of the HF weights. The checkpoint loads at
+    any layout the model's shape allows; ``tp`` / ``pp`` name the one training will use, so a
+    layout that does not fit the model fails now rather than on the cluster.
     """
     from igrpo_megatron.checkpoint import save_checkpoint
     from igrpo_megatron.models.parallel import destroy_parallel
+    from igrpo_megatron.models.provider import check_layout
 
+    hf_cfg = _hf_config(hf_dir)
+    check_layout(hf_cfg, tp, pp)
     dtype = dtype or _hf_weights_dtype(hf_dir)
-    hf_cfg, model = _single_process_model(hf_dir, dtype)
+    model = _single_process_model(hf_cfg, hf_dir, dtype)
     try:
         used = load_hf_weights([model], hf_dir, hf_cfg, progress=progress)
         unused = unused_hf_tensors(hf_dir, used, WeightMap(hf_cfg))
@@ -121,7 +134,8 @@ def checkpoint_to_hf(ckpt: str, out_dir: str, base_hf: Optional[str] = None, dty
     hf_dir = _base_hf_dir(ckpt_dir, base_hf)
     saved_dtype = _checkpoint_dtype(ckpt_dir)
     out_dtype = dtype or saved_dtype
-    hf_cfg, model = _single_process_model(hf_dir, saved_dtype)
+    hf_cfg = _hf_config(hf_dir)
+    model = _single_process_model(hf_cfg, hf_dir, saved_dtype)
     try:
         load_checkpoint(ckpt_dir, [model], load_optimizer=False, load_rng=False)
         target = {v: k for k, v in _DTYPE_NAMES.items()}[out_dtype]
