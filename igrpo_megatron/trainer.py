@@ -401,11 +401,13 @@ class Trainer:
 
 
 def _train_record(m: dict) -> dict:
-    """The loss metrics under the names of :data:`~igrpo_megatron.metrics.STEP_FIELDS`."""
-    get = lambda k: float(m[k]) if k in m else 0.0  # noqa: E731
+    """The loss metrics under the names of :data:`~igrpo_megatron.metrics.STEP_FIELDS`.
+
+    The trainer always passes entropy and rollout logprobs to the loss, so every source key exists.
+    """
     rec = {k: float(v) for k, v in m.items()}
-    rec.update(entropy=get("entropy"), kl=get("approx_kl"), logprob_mismatch=get("mismatch_abs_diff"),
-               clip_frac=get("clip_frac_low") + get("clip_frac_high"))
+    rec.update(entropy=rec["entropy"], kl=rec["approx_kl"], logprob_mismatch=rec["mismatch_abs_diff"],
+               clip_frac=rec["clip_frac_low"] + rec["clip_frac_high"])
     return rec
 
 

@@ -125,7 +125,10 @@ def _free_port() -> int:
 
 def test_igrpo_eval_end_to_end_on_a_real_vllm_server(tiny_qwen2, tmp_path):
     """The CLI starts a vLLM (CPU) server for the tiny model, samples k completions per problem
-    with the eval protocol's seed, scores them and writes per-sample records and the summary."""
+    with the eval protocol's seed, scores them and writes per-sample records and the summary.
+
+    The model served is what a user takes away: the tiny model through ``igrpo-convert from-hf``
+    and ``to-hf`` (sharded safetensors + index), so vLLM loading that folder is checked too."""
     pytest.importorskip("vllm")
     from transformers import AutoTokenizer
 
@@ -136,10 +139,18 @@ def test_igrpo_eval_end_to_end_on_a_real_vllm_server(tiny_qwen2, tmp_path):
     rows = [{"problem": "What is 2 + 3?", "answer": "5"}, {"problem": "What is 7 - 4?", "answer": "3"}]
     math500 = _jsonl(tmp_path / "math500.jsonl", rows)
     amc = _jsonl(tmp_path / "amc.jsonl", [{"question": r["problem"], "answer": r["answer"]} for r in rows[:1]])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}
+    model = tmp_path / "hf_out"
+    for args in (["from-hf", "--hf", tiny_qwen2, "--out", str(tmp_path / "ckpt")],
+                 ["to-hf", "--ckpt", str(tmp_path / "ckpt"), "--out", str(model), "--max-shard-size", "200KB"]):
+        proc = subprocess.run([sys.executable, "-m", "igrpo_megatron.cli.convert", *args], capture_output=True,
+                              text=True, timeout=300, env=env, cwd=REPO)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert len(list(model.glob("*.safetensors"))) > 1
     out = tmp_path / "eval"
     cfg = tmp_path / "eval.yaml"
     cfg.write_text(f"""
-model: {{hf_path: {tiny_qwen2}}}
+model: {{hf_path: {model}}}
 data: {{preset: synthetic}}
 reward: {{num_workers: 1}}
 rollout: {{port: {_free_port()}, dtype: float32, max_model_len: 1024, kv_cache_memory_bytes: 268435456,
@@ -148,7 +159,6 @@ rollout: {{port: {_free_port()}, dtype: float32, max_model_len: 1024, kv_cache_m
 eval: {{benchmarks: ["math500={math500}", "amc23={amc}"], samples: 4, pass_k: [1, 2], max_tokens: 12,
        seed: 7, output_dir: {out}}}
 """)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}
     proc = subprocess.run([sys.executable, "-m", "igrpo_megatron.cli.eval", "--config", str(cfg)],
                           capture_output=True, text=True, timeout=480, env=env, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
@@ -157,7 +167,7 @@ eval: {{benchmarks: ["math500={math500}", "amc23={amc}"], samples: 4, pass_k: [1
     records = [json.loads(line) for line in (out / "math500.jsonl").read_text().splitlines()]
     amc_records = [json.loads(line) for line in (out / "amc23.jsonl").read_text().splitlines()]
     assert [(r["id"], r["sample"]) for r in records] == [(f"math500:{i}", j) for i in (1, 2) for j in range(4)]
-    tok = AutoTokenizer.from_pretrained(tiny_qwen2)
+    tok = AutoTokenizer.from_pretrained(str(model))
     e = load_config(str(cfg)).eval
     for r, row in zip(records[::4], rows):  # the prompt is the training system prompt + the problem
         assert r["prompt_tokens"] == len(format_prompt(tok, prompt_messages(row["problem"], e)))

@@ -20,11 +20,18 @@ PROMPTS_PER_STEP = 4
 def _config(tmp_path, model_dir) -> str:
     cfg = tiny_run_config(
         model_dir, str(tmp_path / "run"), port=18120,
-        data={"synthetic_size": 64}, rollout={"max_tokens": 12, "startup_timeout_s": 400},
+        data={"synthetic_size": 64}, rollout={"max_tokens": 12, "startup_timeout_s": 400, "temperature": 0.7},
         train={"prompts_per_step": PROMPTS_PER_STEP, "max_steps": 3, "save_every": 1, "keep_last": 2})
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return str(path)
+
+
+def assert_training_figures(r: dict) -> None:
+    """The loss's figures are real: vLLM sampled from exactly the policy whose old logprobs the step
+    computed (same weights after every refit, same temperature 0.7), so the two agree to float noise."""
+    assert r["entropy"] > 0 and 0 <= r["clip_frac"] <= 1
+    assert r["logprob_mismatch"] < 1e-3, r["logprob_mismatch"]
 
 
 def test_train_refit_checkpoint_resume(tmp_path, tiny_qwen2):
@@ -42,6 +49,7 @@ def test_train_refit_checkpoint_resume(tmp_path, tiny_qwen2):
         assert r["prompts_consumed"] == r["step"] * PROMPTS_PER_STEP
         assert r["num_samples"] == PROMPTS_PER_STEP * 2
         assert r["best_draft_acc_bound"] >= 0 and r["time_step_s"] > 0 and r["tokens_per_s"] > 0
+        assert_training_figures(r)
         # every sample of the step (drafts and refinements) went through the reward pool
         assert r["reward_items"] == r["step"] * PROMPTS_PER_STEP * 4 and r["reward_timeouts"] == 0
     ckpts = sorted(os.listdir(run_dir / "checkpoints"))
@@ -57,6 +65,7 @@ def test_train_refit_checkpoint_resume(tmp_path, tiny_qwen2):
     last = records[-1]
     assert last["prompts_consumed"] == 3 * PROMPTS_PER_STEP  # the data position came back
     assert last["weight_version"] == last["server_weight_version"] == 3 and last["rollout_weight_version"] == 2
+    assert_training_figures(last)
     ckpts = sorted(n for n in os.listdir(run_dir / "checkpoints") if n.startswith("iter_"))
     assert ckpts == ["iter_0000002", "iter_0000003"]  # keep_last=2
     with open(run_dir / "metrics.jsonl") as f:

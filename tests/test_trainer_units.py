@@ -26,7 +26,9 @@ def test_rollout_metrics_hand_computed():
         _group(0, [0, 1, 0, 0], 1, [1, 1, 0, 1]),  # best draft right; 1 of 4 refinements breaks it
         _group(1, [0, 0, 0, 0], 0, [1, 0, 0, 0]),  # best draft wrong; 1 of 4 fixes it
     ]
+    groups[1].draft_rewards = [0.0] * 4  # no draft earned even the format reward
     m = rollout_metrics(groups, num_drafts=4)
+    assert m["draft_all_zero_frac"] == 0.5
     assert m["draft_acc"] == pytest.approx(1 / 8)
     assert m["best_draft_acc"] == pytest.approx(0.5)
     assert m["best_draft_acc_bound"] == pytest.approx(1 - (7 / 8) ** 4)
