@@ -97,7 +97,7 @@ class TwoStageRollout:
         prompt_ids = p.prompt_ids
         if drafts is not None:
             samples, rewards, accuracy = drafts
-            best = int(select_best_drafts(torch.tensor([rewards]))[0][0])
+            best = int(select_best_drafts(torch.tensor([rewards]), torch.tensor([accuracy]))[0][0])
             draft = list(samples[best].token_ids)
             if draft and draft[-1] == self.tokenizer.eos_token_id:  # the draft's end-of-turn is not quoted
                 draft.pop()

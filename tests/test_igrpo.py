@@ -29,6 +29,16 @@ def test_select_best_drafts_ties_and_all_zero():
     assert indices.dtype == torch.int64
 
 
+def test_ties_go_to_the_accurate_draft_when_accuracy_is_given():
+    # accuracy + format: draft 0 is wrong but formatted, draft 2 right but unformatted: both score 1
+    rewards = torch.tensor([[1.0, 0.0, 1.0, 0.0], [2.0, 1.0, 2.0, 2.0]])
+    accuracy = torch.tensor([[0.0, 0.0, 1.0, 0.0], [1.0, 0.0, 1.0, 1.0]])
+    assert select_best_drafts(rewards)[0].tolist() == [0, 0]
+    assert select_best_drafts(rewards, accuracy)[0].tolist() == [2, 0]  # row 2: all tied ones right -> first
+    with pytest.raises(ValueError, match="shape of rewards"):
+        select_best_drafts(rewards, accuracy[:, :2])
+
+
 def test_select_best_drafts_rejects_nan_and_bad_shape():
     with pytest.raises(ValueError, match="NaN"):
         select_best_drafts(torch.tensor([[1.0, float("nan")]]))

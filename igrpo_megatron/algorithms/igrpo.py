@@ -17,14 +17,16 @@ from torch import Tensor
 # ------------------------------------------------------------------------------ draft selection
 
 
-def select_best_drafts(rewards: Tensor) -> tuple[Tensor, Tensor]:
+def select_best_drafts(rewards: Tensor, accuracy: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
     """Stage 1 -> stage 2: the index of the best of N drafts per prompt, ``rewards: [P, N]``.
 
     Returns ``(indices [P] int64, all_zero [P] bool)``.
 
-    Tie rule (the paper has none): among drafts sharing the maximum reward the FIRST index, i.e. the
-    earliest sampled, wins. Samples are i.i.d., so this is as good as a random pick, and it makes the
-    selection -- hence the whole run -- reproducible from the rollout seed.
+    Tie rule (the paper has none): among drafts sharing the maximum reward, the most accurate
+    (when ``accuracy [P, N]`` is given), then the FIRST index, i.e. the earliest sampled. With the
+    paper's accuracy + format reward a right answer without the format ties a wrong one with it, and
+    the right one is the better context to refine. Beyond that samples are i.i.d., so the first is as
+    good as a random pick, and it makes the selection -- hence the whole run -- reproducible.
 
     ``all_zero`` marks prompts where no draft earned any reward (max <= 0). The paper keeps those
     prompts: argmax still returns a draft (here draft 0) and the refinement prompt tells the model the
@@ -35,10 +37,16 @@ def select_best_drafts(rewards: Tensor) -> tuple[Tensor, Tensor]:
         raise ValueError(f"rewards must be [num_prompts, num_drafts] with num_drafts >= 1, got {tuple(rewards.shape)}")
     if torch.isnan(rewards).any():
         raise ValueError("draft rewards contain NaN; the reward function must score every draft")
+    if accuracy is not None and accuracy.shape != rewards.shape:
+        raise ValueError(f"accuracy {tuple(accuracy.shape)} must have the shape of rewards {tuple(rewards.shape)}")
     best = rewards.amax(dim=1, keepdim=True)
+    tied = rewards == best
+    if accuracy is not None:
+        tied_acc = torch.where(tied, accuracy.to(rewards.dtype), -torch.inf)
+        tied &= tied_acc == tied_acc.amax(dim=1, keepdim=True)
     positions = torch.arange(rewards.shape[1], device=rewards.device).expand_as(rewards)
     # Explicit first-among-maxima rather than relying on argmax's tie behaviour.
-    indices = torch.where(rewards == best, positions, rewards.shape[1]).amin(dim=1)
+    indices = torch.where(tied, positions, rewards.shape[1]).amin(dim=1)
     return indices, best.squeeze(1) <= 0
 
 
