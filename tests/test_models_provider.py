@@ -1,5 +1,6 @@
 """Model provider: HF config reading, vocabulary padding, the TE/FP8 decision, and real builds under torchrun."""
 import json
+import math
 import os
 
 import pytest
@@ -88,6 +89,10 @@ def test_layouts_recompute_bf16_and_tied_embeddings(tiny_qwen2, tied_llama):
     assert c["tp2pp1_layers_per_stage"] == 2 and c["tp1pp2_layers_per_stage"] == 1
     assert c["recompute_param_diff"] <= 1e-7  # gradient checkpointing recomputes the same activations
     assert c["bf16_param_is_bf16"] == 1.0
+    # 10 steps, 20 % warm-up (2 steps, linear from 0), then cosine from 1e-3 down to 1e-3 * 0.1
+    expected = [1e-3 * k / 2 for k in (1, 2)] + [
+        1e-4 + 0.5 * (1 + math.cos(math.pi * (k - 2) / 8)) * 9e-4 for k in range(3, 11)]
+    assert [c[f"lr_step{k}"] for k in range(1, 11)] == pytest.approx(expected, rel=1e-5)
     assert c["bf16_last_loss"] < c["bf16_first_loss"] - 0.05
     # tied embeddings over two stages: the first and last stage copies stay in sync through a step
     assert c["llama_tied_pp2_logprob_diff"] <= 1e-6

@@ -84,6 +84,17 @@ def recompute_and_bf16(qwen_dir):
     destroy_parallel()
 
 
+def lr_schedule(qwen_dir):
+    """The learning rate each of 10 train steps used: warm-up, then cosine decay to lr * min_lr_ratio."""
+    cfg = config(qwen_dir, tp=2)
+    cfg.optim.lr, cfg.optim.warmup_ratio, cfg.optim.min_lr_ratio = 1e-3, 0.2, 0.1
+    initialize_parallel(cfg.parallel, seed=1)
+    policy = Policy(cfg, load_hf_config(qwen_dir), total_steps=10)
+    for k in range(1, 11):
+        check(f"lr_step{k}", policy.train_step(batch(300), sft)["lr"])
+    destroy_parallel()
+
+
 def tied_llama_pp2(llama_dir):
     """Tied embeddings split over two pipeline stages (the embedding-group gradient all-reduce)."""
     results = {}
@@ -113,5 +124,6 @@ if __name__ == "__main__":
     qwen_dir, llama_dir = sys.argv[1:3]
     shapes(load_hf_config(qwen_dir))
     recompute_and_bf16(qwen_dir)
+    lr_schedule(qwen_dir)
     tied_llama_pp2(llama_dir)
     destroy_parallel(destroy_process_group=True)
