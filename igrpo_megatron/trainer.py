@@ -404,7 +404,10 @@ def _train_record(m: dict) -> dict:
     """The loss metrics under the names of :data:`~igrpo_megatron.metrics.STEP_FIELDS`.
 
     The trainer always passes entropy and rollout logprobs to the loss, so every source key exists.
+    A step without an update (dynamic sampling dropped every group) records NaN, not a made-up 0.
     """
+    if not m:
+        return dict.fromkeys(("entropy", "kl", "logprob_mismatch", "clip_frac"), float("nan"))
     rec = {k: float(v) for k, v in m.items()}
     rec.update(entropy=rec["entropy"], kl=rec["approx_kl"], logprob_mismatch=rec["mismatch_abs_diff"],
                clip_frac=rec["clip_frac_low"] + rec["clip_frac_high"])

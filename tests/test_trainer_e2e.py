@@ -21,7 +21,11 @@ def _config(tmp_path, model_dir) -> str:
     cfg = tiny_run_config(
         model_dir, str(tmp_path / "run"), port=18120,
         data={"synthetic_size": 64}, rollout={"max_tokens": 12, "startup_timeout_s": 400, "temperature": 0.7},
-        train={"prompts_per_step": PROMPTS_PER_STEP, "max_steps": 3, "save_every": 1, "keep_last": 2})
+        train={"prompts_per_step": PROMPTS_PER_STEP, "max_steps": 3, "save_every": 1, "keep_last": 2,
+               "mini_batches": 2},
+        # A random model earns no reward, so every advantage is 0; the entropy bonus still moves
+        # the weights, so each refit must deliver weights that really changed.
+        loss={"entropy_coef": 0.01})
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return str(path)
@@ -29,9 +33,11 @@ def _config(tmp_path, model_dir) -> str:
 
 def assert_training_figures(r: dict) -> None:
     """The loss's figures are real: vLLM sampled from exactly the policy whose old logprobs the step
-    computed (same weights after every refit, same temperature 0.7), so the two agree to float noise."""
+    computed (same weights after every refit, same temperature 0.7), so the two agree to float noise;
+    the second of two mini-batches trains a policy the first one moved, so its KL to the old is > 0."""
     assert r["entropy"] > 0 and 0 <= r["clip_frac"] <= 1
     assert r["logprob_mismatch"] < 1e-3, r["logprob_mismatch"]
+    assert r["kl"] > 0
 
 
 def test_train_refit_checkpoint_resume(tmp_path, tiny_qwen2):

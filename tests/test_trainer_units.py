@@ -8,7 +8,7 @@ import torch
 
 from igrpo_megatron.config import load_config
 from igrpo_megatron.metrics import PromptRollout, read_metrics, rollout_metrics
-from igrpo_megatron.trainer import build_train_batch, shard_for_data_parallel
+from igrpo_megatron.trainer import _train_record, build_train_batch, shard_for_data_parallel
 
 
 def _group(index, drafts_acc, best, acc, prompt_len=3, resp_len=2):
@@ -41,6 +41,16 @@ def test_rollout_metrics_hand_computed():
     assert m["reward_std"] == pytest.approx(math.sqrt(sum((r - mean) ** 2 for r in rewards) / 7))
     assert m["zero_var_frac"] == 0.0
     assert m["draft_len_mean"] == 2.0 and m["response_len_mean"] == 2.0 and m["prompt_len_mean"] == 3.0
+
+
+def test_train_record_names_the_loss_figures_and_marks_a_step_without_update():
+    rec = _train_record({"entropy": 0.5, "approx_kl": 0.01, "mismatch_abs_diff": 1e-6, "clip_frac_low": 0.1,
+                         "clip_frac_high": 0.2, "loss": 1.5})
+    assert (rec["entropy"], rec["kl"], rec["logprob_mismatch"], rec["loss"]) == (0.5, 0.01, 1e-6, 1.5)
+    assert rec["clip_frac"] == pytest.approx(0.3)
+    empty = _train_record({})  # dynamic sampling dropped every group: no update, no figures
+    assert set(empty) == {"entropy", "kl", "logprob_mismatch", "clip_frac"}
+    assert all(math.isnan(v) for v in empty.values())
 
 
 def test_train_batch_layout_and_dynamic_sampling():

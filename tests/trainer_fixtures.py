@@ -20,5 +20,5 @@ def tiny_run_config(model_dir: str, output_dir: str, port: int, **sections: dict
         "train": {"output_dir": output_dir, "micro_batch_size": 4, "tensorboard": False},
     }
     for name, values in sections.items():
-        cfg[name].update(values)
+        cfg.setdefault(name, {}).update(values)
     return cfg
