@@ -51,7 +51,7 @@ def run_once(method: str, seed: int, steps: int, warmup_steps: int, workdir: str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--warmup-steps", type=int, default=150, help="supervised warm-up (same for every method)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--workdir", default=os.path.join(REPO, "runs", "bench_grpo_vs_igrpo"))

@@ -11,7 +11,8 @@
    measures again and prints both.
 
 The accuracy printed is single-shot accuracy (plain prompts, no draft: how the trained model is
-used) at the training temperature, 4 samples on each of 64 questions drawn with their own seed.
+used) at the training temperature, 8 samples on each of 128 questions drawn with their own seed
+(1024 samples: a standard error of about 0.013).
 They are not held out: one-digit addition has 100 distinct questions and training sees them all.
 What the figure shows is the policy getting better at its task, as the paper's training curves do.
 """
@@ -165,7 +166,8 @@ def worker(argv: list[str]) -> None:
     parser.add_argument("--warmup-steps", type=int, default=200)
     parser.add_argument("--warmup-batch", type=int, default=16)
     parser.add_argument("--warmup-lr", type=float, default=1e-3)
-    parser.add_argument("--eval-prompts", type=int, default=64)
+    parser.add_argument("--eval-prompts", type=int, default=128)
+    parser.add_argument("--eval-samples", type=int, default=8)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_intermixed_args(argv)  # the launcher puts options after some overrides
     cfg = load_config(args.config, args.overrides)
@@ -178,11 +180,11 @@ def worker(argv: list[str]) -> None:
         warm_up(trainer, args.warmup_steps, args.warmup_batch, cfg.train.seed)
         set_learning_rate(trainer.policy, cfg.optim.lr)
         trainer.refit()
-        before = task_accuracy(trainer, args.eval_prompts, 4, seed=cfg.data.seed + 99)
+        before = task_accuracy(trainer, args.eval_prompts, args.eval_samples, seed=cfg.data.seed + 99)
         say(f"[demo] accuracy after warm-up (before RL): {before:.3f}", flush=True)
         t0 = time.time()
         trainer.fit()
-        after = task_accuracy(trainer, args.eval_prompts, 4, seed=cfg.data.seed + 99)
+        after = task_accuracy(trainer, args.eval_prompts, args.eval_samples, seed=cfg.data.seed + 99)
         say(f"[demo] {trainer.step_idx} iGRPO steps in {time.time() - t0:.0f} s", flush=True)
         say(f"[demo] accuracy before RL {before:.3f} -> after RL {after:.3f} ({after - before:+.3f})", flush=True)
         if trainer.is_driver:
