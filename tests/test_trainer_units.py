@@ -1,4 +1,5 @@
 """The trainer's own pure pieces: rollout metrics, batch building, DP sharding, plots (hand-computed)."""
+import asyncio
 import json
 import math
 import os
@@ -8,7 +9,8 @@ import torch
 
 from igrpo_megatron.config import load_config
 from igrpo_megatron.metrics import PromptRollout, read_metrics, rollout_metrics
-from igrpo_megatron.trainer import _train_record, build_train_batch, shard_for_data_parallel
+from igrpo_megatron.rollout.client import Sample
+from igrpo_megatron.trainer import Prompt, TwoStageRollout, _train_record, build_train_batch, shard_for_data_parallel
 
 
 def _group(index, drafts_acc, best, acc, prompt_len=3, resp_len=2):
@@ -117,3 +119,73 @@ def test_metrics_logger_writes_jsonl_tensorboard_and_a_progress_line(tmp_path):
     assert "step    1" in line and "acc 0.250" in line and "draft 0.100 best 0.300" in line and "v1" in line
     events = os.listdir(tmp_path / "tensorboard")
     assert any(name.startswith("events.out.tfevents") for name in events)
+
+
+class ScriptedClient:
+    """The rollout server's ``generate`` with fixed completions, where the stage-1 request of one
+    prompt (``held``) does not return until ``release`` is set: the test sets it when another
+    prompt's refinement request arrives, so that request must go out while ``held`` still decodes.
+    The real server and its scheduling are tested in test_rollout_server and the e2e test; this
+    makes the order of requests observable."""
+
+    def __init__(self, completion: list[int], held: list[int] | None):
+        self.completion, self.held = completion, held
+        self.release = asyncio.Event()
+        self.requests: list[tuple[list[int], int]] = []
+
+    async def generate(self, prompt_ids, n=1, params=None):
+        self.requests.append((list(prompt_ids), n))
+        if list(prompt_ids) == self.held:
+            await self.release.wait()
+        elif len(self.requests) > 1 and list(prompt_ids) != self.requests[0][0]:
+            self.release.set()  # a refinement prompt (not a question): free the held drafts
+        return [Sample(list(prompt_ids), list(self.completion), [-0.1] * len(self.completion), "stop", 0, False,
+                       "scripted") for _ in range(n)]
+
+
+def _two_stage(tiny_qwen2, overrides, hold_second=True, timeout_s=60.0):
+    from transformers import AutoTokenizer
+
+    from igrpo_megatron.algorithms.igrpo import build_prompt_messages
+    from igrpo_megatron.data.chat import format_prompt
+    from igrpo_megatron.rewards import make_reward
+    from igrpo_megatron.rollout import SamplingParams
+
+    cfg = load_config(None, ["data.preset=synthetic", "reward.num_workers=1", *overrides])
+    tok = AutoTokenizer.from_pretrained(tiny_qwen2)
+    prompts = [Prompt(f"p{i}", q, a, format_prompt(tok, build_prompt_messages(q)))
+               for i, (q, a) in enumerate([("What is 1 + 1?", "2"), ("What is 2 + 5?", "7")])]
+    draft = tok.encode("<think>1 + 1 = 2</think> <answer>2</answer>", add_special_tokens=False)
+    client = ScriptedClient(draft + [tok.eos_token_id], held=prompts[1].prompt_ids if hold_second else None)
+    with make_reward(cfg.reward) as reward:
+        rollout = TwoStageRollout(cfg, client, SamplingParams(), reward, tok)
+        groups = asyncio.run(asyncio.wait_for(rollout.run(prompts), timeout=timeout_s))
+    return groups, client, prompts, draft, tok.eos_token_id
+
+
+def test_refinements_go_out_while_other_prompts_drafts_decode(tiny_qwen2):
+    """igrpo.overlap_stages: prompt 0's refinement request is sent while prompt 1's drafts are
+    still out (back to back, prompt 1's drafts would never return: the negative control times out)."""
+    overrides = ["igrpo.num_drafts=2", "igrpo.num_refinements=3", "igrpo.group_budget=5"]
+    groups, client, prompts, draft, eos = _two_stage(tiny_qwen2, overrides)
+    stage1 = [p.prompt_ids for p in prompts]
+    order = [("draft" if ids in stage1 else "refine", n) for ids, n in client.requests]
+    assert order == [("draft", 2), ("draft", 2), ("refine", 3), ("refine", 3)]
+    for g, p in zip(groups, prompts):
+        assert len(g.response_ids) == 3 and len(g.draft_ids) == 2 and g.best_draft == 0
+        # the best draft is quoted as the token ids it was sampled as, without its end-of-turn token
+        k = len(draft)
+        assert any(g.prompt_ids[i:i + k] == draft for i in range(len(g.prompt_ids)))
+        assert not any(g.prompt_ids[i:i + k + 1] == draft + [eos] for i in range(len(g.prompt_ids)))
+        assert g.prompt_ids != p.prompt_ids
+    # the completion answers 2: right (accuracy + format) for "1 + 1", formatted but wrong for "2 + 5"
+    assert [g.rewards for g in groups] == [[2.0] * 3, [1.0] * 3]
+    with pytest.raises(asyncio.TimeoutError):  # it can never finish: any bound shows the deadlock
+        _two_stage(tiny_qwen2, overrides + ["igrpo.overlap_stages=false"], timeout_s=5.0)
+
+
+def test_grpo_is_one_stage_on_the_question(tiny_qwen2):
+    groups, client, prompts, _, _ = _two_stage(tiny_qwen2, ["igrpo.num_drafts=0", "igrpo.num_refinements=4",
+                                                            "igrpo.group_budget=4"], hold_second=False)
+    assert [(ids, n) for ids, n in client.requests] == [(p.prompt_ids, 4) for p in prompts]
+    assert all(g.prompt_ids == p.prompt_ids and not g.draft_ids for g, p in zip(groups, prompts))
