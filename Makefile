@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat setup.py .ci/setup_venv.sh | sha1sum | cut -c1-12)
 
-.PHONY: venv demo test bench clean
+.PHONY: venv fixtures demo test bench clean
 venv: $(STAMP)
 
 $(STAMP): setup.py .ci/setup_venv.sh
@@ -14,7 +14,11 @@ $(STAMP): setup.py .ci/setup_venv.sh
 demo: venv
 	$(BIN)/python -m igrpo_megatron.demo
 
-test: venv
+# The real pretrained model the tests need, built once per machine into ~/.cache/igrpo-megatron.
+fixtures: venv
+	$(BIN)/python -m igrpo_megatron.demo.real_model
+
+test: fixtures
 	$(BIN)/python -m pytest -q tests
 
 clean:

