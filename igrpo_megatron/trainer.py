@@ -206,9 +206,11 @@ class Trainer:
         from igrpo_megatron.data import PromptIterator, load_prompts
         from igrpo_megatron.models import Policy, initialize_parallel, load_hf_config
         from igrpo_megatron.models.provider import check_layout
+        from igrpo_megatron.weights.hub import resolve_on_node
 
         self.cfg = cfg
         self.par = initialize_parallel(cfg.parallel, cfg.train.seed)
+        cfg = self.cfg = dataclasses.replace(cfg, model=resolve_on_node(cfg.model))  # hub names -> local snapshots
         self.is_driver = self.par.rank == 0
         self.hf_cfg = load_hf_config(cfg.model.hf_path)
         validate(cfg, world_size=self.par.world_size)

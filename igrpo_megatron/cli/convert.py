@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     dtypes = ["fp32", "bf16", "fp16"]
 
     p = sub.add_parser("from-hf", help="HF safetensors folder -> Megatron dist checkpoint (loads at any TP x PP)")
-    p.add_argument("--hf", required=True, help="HF model folder (config.json, *.safetensors, tokenizer)")
+    p.add_argument("--hf", required=True, help="HF model folder or hub name (config.json, *.safetensors, tokenizer)")
     p.add_argument("--out", required=True, help="checkpoint folder to create")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel size training will use (checked, default 1)")
     p.add_argument("--pp", type=int, default=1, help="pipeline-parallel size training will use (checked, default 1)")
@@ -79,10 +79,14 @@ def _convert(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> str:
     """Check the inputs, prepare ``--out``, convert; a failed conversion leaves no half-written output."""
-    source = args.hf if args.command == "from-hf" else args.ckpt
-    if not os.path.exists(source):
-        flag = "--hf" if args.command == "from-hf" else "--ckpt"
-        raise FileNotFoundError(f"{flag} {source}: no such folder")
+    from igrpo_megatron.weights.hub import resolve_model
+
+    if args.command == "from-hf":
+        args.hf = resolve_model(args.hf, "--hf")
+    elif not os.path.exists(args.ckpt):
+        raise FileNotFoundError(f"--ckpt {args.ckpt}: no such folder")
+    if getattr(args, "base_hf", None):
+        args.base_hf = resolve_model(args.base_hf, "--base-hf")
     _prepare_output(args.out, args.force)
     try:
         return _convert(args)

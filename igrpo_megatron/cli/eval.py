@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import os
 import sys
@@ -41,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         overrides = list(args.overrides) + ([f"model.hf_path={args.model}"] if args.model else [])
         cfg = load_config(args.config, overrides, training=False)
+        if cfg.model.hf_path:
+            from igrpo_megatron.weights.hub import resolve_model_config
+
+            cfg = dataclasses.replace(cfg, model=resolve_model_config(cfg.model))
         from igrpo_megatron.eval.runner import check_eval_config, evaluate
         from igrpo_megatron.rollout import launch_server, resolve_api_key
 

@@ -19,6 +19,7 @@ import time
 
 from igrpo_megatron.config import ConfigError, load_config
 from igrpo_megatron.rollout.auth import API_KEY_ENV
+from igrpo_megatron.weights.hub import resolve_model
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         model = args.model or cfg.model.hf_path
         if not model:
             raise ConfigError("no model to serve: set model.hf_path or pass --model")
+        model = resolve_model(model, "--model" if args.model else "model.hf_path")
     except ConfigError as e:
         print(f"igrpo-serve: config error: {e}", file=sys.stderr)
         return 2
