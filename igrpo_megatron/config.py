@@ -11,7 +11,7 @@ import os
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 
@@ -111,9 +111,10 @@ class RewardConfig:
     # worker's own timer cannot interrupt). None: max(3 * timeout_s, timeout_s + 10).
     kill_after_s: Optional[float] = None
     chunk_size: int = 16  # items sent to a worker at once (fewer when the queue is short)
-    # True for chat templates whose generation prompt already ends with "<think>" (DeepSeek-R1
+    # True when the chat template's generation prompt already ends with "<think>" (DeepSeek-R1
     # distills): the completion then starts inside the monologue and the format check prepends it.
-    think_prefilled: bool = False
+    # "auto": read from the rendered template at start-up (data/chat.py think_prefilled).
+    think_prefilled: Union[bool, Literal["auto"]] = "auto"
     judge_url: Optional[str] = None  # base URL of an OpenAI-compatible server, e.g. http://host:8000
     judge_model: Optional[str] = None
     judge_api_key_env: str = "IGRPO_JUDGE_API_KEY"  # name of the env var holding the key (may be unset)
@@ -142,6 +143,12 @@ class DataConfig:
     synthetic_max_operand: int = 20
     synthetic_ops: str = "+-"  # operators drawn from; "+-*" is harder
     synthetic_num_operands: int = 2
+    # The stage-1 / GRPO instruction: None is the paper's system prompt (algorithms/igrpo.py
+    # SYSTEM_PROMPT). Folded into the user turn for chat templates without a system role.
+    system_prompt: Optional[str] = None
+    # Appended to every question, e.g. " Put the final answer in \\boxed{}." (weak instruction
+    # models rarely follow the paper's <answer> format without it); "" keeps the question as is.
+    user_suffix: str = ""
 
 
 @dataclass

@@ -43,7 +43,7 @@ from igrpo_megatron.algorithms.igrpo import (
 from igrpo_megatron.algorithms.losses import policy_loss
 from igrpo_megatron.batch import TrainBatch
 from igrpo_megatron.config import Config, dump_yaml, validate
-from igrpo_megatron.data.chat import format_prompt, load_tokenizer
+from igrpo_megatron.data.chat import format_prompt, load_tokenizer, render, resolve_think_prefill
 from igrpo_megatron.metrics import MetricsLogger, PromptRollout, generated_tokens, rollout_metrics
 from igrpo_megatron.rewards.base import RewardItem
 
@@ -72,7 +72,7 @@ class TwoStageRollout:
         self.cfg, self.client, self.params, self.reward, self.tokenizer = cfg, client, params, reward, tokenizer
 
     def render(self, messages) -> str:
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return render(self.tokenizer, messages)
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
@@ -102,7 +102,7 @@ class TwoStageRollout:
             if draft and draft[-1] == self.tokenizer.eos_token_id:  # the draft's end-of-turn is not quoted
                 draft.pop()
             prompt_ids = refinement_prompt_ids(
-                p.question, draft, render=self.render, encode=self.encode,
+                p.question + self.cfg.data.user_suffix, draft, system_prompt=self.cfg.data.system_prompt, render=self.render, encode=self.encode,
                 max_prompt_tokens=self.cfg.rollout.max_prompt_tokens,
                 max_draft_tokens=self.cfg.igrpo.max_draft_tokens)
             out = dict(draft_ids=[list(s.token_ids) for s in samples], draft_rewards=rewards,
@@ -218,6 +218,7 @@ class Trainer:
         self.run_dir = cfg.train.output_dir
         self.ckpt_root = os.path.join(self.run_dir, "checkpoints")
         self.tokenizer = load_tokenizer(cfg.model)
+        cfg = self.cfg = dataclasses.replace(cfg, reward=resolve_think_prefill(cfg.reward, self.tokenizer))
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.prompts = PromptIterator(load_prompts(cfg.data), cfg.data.seed, cfg.data.shuffle)
         self.total_steps = cfg.train.max_steps if cfg.train.max_steps is not None else (
@@ -319,7 +320,8 @@ class Trainer:
         examples = self.prompts.next_batch(self.cfg.train.prompts_per_step)
         if not self.is_driver:
             return []
-        return [Prompt(e.id, e.question, e.answer, format_prompt(self.tokenizer, build_prompt_messages(e.question)))
+        return [Prompt(e.id, e.question, e.answer, format_prompt(
+            self.tokenizer, build_prompt_messages(e.question, self.cfg.data.system_prompt, self.cfg.data.user_suffix)))
                 for e in examples]
 
     def refit(self) -> float:

@@ -127,10 +127,11 @@ DEFAULT_TEMPLATE = RefinementTemplate()
 Messages = list[dict[str, str]]
 
 
-def build_prompt_messages(question: str, system_prompt: Optional[str] = None) -> Messages:
-    """Chat messages of a stage-1 draft / plain GRPO prompt: the system instruction and the question."""
+def build_prompt_messages(question: str, system_prompt: Optional[str] = None, user_suffix: str = "") -> Messages:
+    """Chat messages of a stage-1 draft / plain GRPO prompt: the system instruction (None: the
+    paper's) and the question followed by ``user_suffix`` (``data.user_suffix``)."""
     system = DEFAULT_TEMPLATE.system_prompt if system_prompt is None else system_prompt
-    return [{"role": "system", "content": system}, {"role": "user", "content": question}]
+    return [{"role": "system", "content": system}, {"role": "user", "content": question + user_suffix}]
 
 
 def build_refinement_messages(question: str, draft: str, system_prompt: Optional[str] = None,

@@ -7,7 +7,10 @@
 """
 from __future__ import annotations
 
+import dataclasses
+
 from igrpo_megatron.config import ConfigError, RewardConfig
+from igrpo_megatron.data.chat import resolve_think_prefill
 from igrpo_megatron.rewards.base import Reward, RewardItem, RewardResult
 from igrpo_megatron.rewards.extract import FORMAT_PATTERN, extract_answer, format_reward, last_boxed
 
@@ -27,10 +30,16 @@ def _judge(cfg: RewardConfig) -> Reward:
 REWARDS = {"math_verify": _math_verify, "judge": _judge}
 
 
-def make_reward(cfg: RewardConfig) -> Reward:
-    """The reward named by ``cfg.kind``; use it as a context manager (it owns processes)."""
+def make_reward(cfg: RewardConfig, tokenizer=None) -> Reward:
+    """The reward named by ``cfg.kind``; use it as a context manager (it owns processes).
+
+    ``think_prefilled: auto`` is read from ``tokenizer``'s chat template; a reward made without a
+    tokenizer (no template to read) takes it as false."""
     if cfg.kind not in REWARDS:
         raise ConfigError(f"reward.kind={cfg.kind!r} is unknown; choose one of {sorted(REWARDS)}")
+    if cfg.think_prefilled == "auto":
+        cfg = (resolve_think_prefill(cfg, tokenizer) if tokenizer is not None
+               else dataclasses.replace(cfg, think_prefilled=False))
     return REWARDS[cfg.kind](cfg)
 
 

@@ -38,7 +38,7 @@ def resolve_model(name: str, field: str = "model.hf_path", local_files_only: boo
         how = ("it is not in the cache and HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE or local_files_only
                else f"download failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
         raise ConfigError(f"{field}={name}: {how} (cache {constants.HF_HUB_CACHE}); download it there "
-                          f"(huggingface-cli download {name}) or give a local folder") from e
+                          f"(`hf download {name}`) or give a local folder") from e
 
 
 def resolve_model_config(model_cfg, local_files_only: bool = False):
