@@ -210,6 +210,9 @@ class TrainConfig:
     load_optimizer: bool = True
     log_every: int = 1
     tensorboard: bool = True
+    # Share of each step's prompts whose drafts and refinements go to rollouts.jsonl (1.0: all).
+    samples_fraction: float = 1.0
+    samples_token_ids: bool = False  # also store prompt and response token ids (exact re-scoring)
 
 
 @dataclass

@@ -1,4 +1,7 @@
-"""``igrpo-plot RUN_DIR``: PNG curves of a run's metrics.jsonl (reward, accuracy, entropy, transitions)."""
+"""``igrpo-plot RUN_DIR``: PNG curves of a run's metrics.jsonl (reward, accuracy, entropy, transitions).
+
+``igrpo-plot RUN_DIR --samples [--step N]`` prints what the model wrote instead (rollouts.jsonl).
+"""
 from __future__ import annotations
 
 import argparse
@@ -50,8 +53,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="igrpo-plot", description=__doc__)
     parser.add_argument("run_dir", help="a training run directory (train.output_dir) holding metrics.jsonl")
     parser.add_argument("--out", default=None, help="folder for the PNGs (default RUN_DIR/plots)")
+    parser.add_argument("--samples", action="store_true", help="print the kept rollouts (rollouts.jsonl) instead")
+    parser.add_argument("--step", type=int, default=None, help="with --samples: only this step (default: the last)")
     args = parser.parse_args(argv)
     try:
+        if args.samples:
+            from igrpo_megatron.rollout.samples import format_samples, read_samples
+
+            records = read_samples(args.run_dir, args.step)
+            if args.step is None and records:
+                records = [r for r in records if r["step"] == records[-1]["step"]]
+            if not records:
+                raise ValueError(f"{args.run_dir}: no samples" + (f" of step {args.step}" if args.step else ""))
+            print(format_samples(records))
+            return 0
         for path in plot_run(args.run_dir, args.out):
             print(path)
     except (FileNotFoundError, ValueError) as e:

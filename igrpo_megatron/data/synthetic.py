@@ -47,3 +47,33 @@ def synthetic_examples(size: int, seed: int, max_operand: int = 20, ops: str = "
         examples.append(Example(f"synthetic:{i + 1}", f"What is {expr}?", str(_evaluate(nums, chosen)),
                                 "synthetic", i + 1))
     return examples
+
+
+_NAMES = ("Ava", "Ben", "Chloe", "Dev", "Ema", "Finn", "Grace", "Hugo", "Ines", "Jack")
+_ITEMS = ("apple", "marble", "book", "pencil", "sticker", "cookie", "shell", "coin")
+_STORIES = (
+    ("{n} has {a} {i}s and finds {b} more. How many {i}s does {n} have now?", lambda a, b: a + b),
+    ("{n} has {a} {i}s and gives {b} of them away. How many {i}s does {n} have left?", lambda a, b: a - b),
+    ("{n} buys {a} bags with {b} {i}s in each bag. How many {i}s does {n} buy?", lambda a, b: a * b),
+    ("{n} had {a} {i}s. After getting some more, {n} has {c} {i}s. How many {i}s did {n} get?",
+     lambda a, b: b),
+)
+
+
+def word_problems(size: int, seed: int, max_operand: int = 20) -> list[dict]:
+    """``size`` one-step arithmetic word problems ``{"problem", "answer"}`` (random.Random(seed)).
+
+    Short stories a small instruction model can read, with integer answers: the real-model
+    benchmark and tests train and evaluate on them (disjoint seeds give disjoint splits)."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(size):
+        story, solve = rng.choice(_STORIES)
+        a, b = rng.randint(2, max_operand), rng.randint(2, max_operand)
+        if solve(a, b) < 0 or solve is _STORIES[1][1] and b > a:
+            a, b = b, a
+        if story is _STORIES[2][0]:
+            a, b = a % 9 + 2, b % 9 + 2
+        text = story.format(n=rng.choice(_NAMES), i=rng.choice(_ITEMS), a=a, b=b, c=a + b)
+        rows.append({"problem": text, "answer": str(solve(a, b))})
+    return rows
