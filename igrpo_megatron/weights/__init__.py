@@ -6,7 +6,7 @@
 - :mod:`~igrpo_megatron.weights.load`: HF safetensors folder -> Megatron parameters at any layout;
 - :mod:`~igrpo_megatron.weights.hf_io`: lazy safetensors reader and sharded writer.
 """
-from igrpo_megatron.weights.export import bucketize, export_hf_weights, iter_hf_weights
+from igrpo_megatron.weights.export import bucketize, drain, export_hf_weights, iter_hf_weights
 from igrpo_megatron.weights.hf_io import HFSafetensors, copy_non_weight_files, save_safetensors_shards
 from igrpo_megatron.weights.load import load_hf_weights, unused_hf_tensors
 from igrpo_megatron.weights.mapping import ARCHITECTURES, WeightMap, WeightMappingError
@@ -18,6 +18,7 @@ __all__ = [
     "WeightMappingError",
     "bucketize",
     "copy_non_weight_files",
+    "drain",
     "export_hf_weights",
     "iter_hf_weights",
     "load_hf_weights",
