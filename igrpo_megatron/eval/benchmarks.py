@@ -40,6 +40,8 @@ BENCHMARKS = {b.name: b for b in [
 
 @dataclass(frozen=True)
 class Problem:
+    """One benchmark row to evaluate: eval's counterpart of ``data.Example`` (``problem`` is the question)."""
+
     id: str  # "<benchmark>:<row>", row 1-based in the source
     problem: str
     answer: str
