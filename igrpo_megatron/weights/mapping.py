@@ -15,7 +15,8 @@ small pure function here:
    along dim 0, row-parallel ones along dim 1, norms are replicated. ``linear_fc1`` is cut *per
    half*: rank r holds ``[gate_r; up_r]``, not rows ``r/tp`` of ``[gate; up]`` (a naive dim-0 split
    of the fused tensor mixes gate and up rows and breaks SwiGLU). ``linear_qkv``'s contiguous dim-0
-   split is right because each rank owns whole query groups (``num_kv_heads % tp == 0``).
+   split is right because each rank owns whole query groups (``num_kv_heads % tp == 0``). Blocks
+   may also be unequal (``TPSplit(0, sizes=...)``, e.g. Mamba's fused ``in_proj = [z, x, B, C, dt]``).
    Export gathers the shards and applies :func:`unshard`; import never builds the full tensor: it
    reads each HF source's matching slice and applies the layout per rank
    (:meth:`WeightMap.to_megatron_shard`, checked equal to :func:`shard` of the full tensor).
@@ -45,12 +46,21 @@ class Layout(enum.Enum):
 class TPSplit:
     """How a Megatron full tensor is cut across tensor-parallel ranks.
 
-    ``dim=None`` means replicated. ``parts > 1`` means the tensor stacks ``parts`` equal blocks
-    along ``dim`` and every block is split separately (``linear_fc1 = [gate; up]``).
+    ``dim=None`` means replicated. Otherwise the tensor stacks blocks along ``dim`` and every block
+    is split separately: ``parts`` equal blocks (``linear_fc1 = [gate; up]``), or blocks of the
+    full-tensor ``sizes`` given when they differ (a Mamba ``in_proj = [z, x, B, C, dt]``).
     """
 
     dim: Optional[int]
     parts: int = 1
+    sizes: Optional[tuple[int, ...]] = None
+
+    def blocks(self, length: int) -> list[int]:
+        """Full-tensor sizes of the blocks along ``dim`` of a tensor ``length`` long there."""
+        if self.sizes is None:
+            return [length // self.parts] * self.parts
+        assert sum(self.sizes) == length, (self.sizes, length)
+        return list(self.sizes)
 
 
 REPLICATED = TPSplit(None)
@@ -85,17 +95,18 @@ def shard(full: torch.Tensor, split: TPSplit, tp_size: int, tp_rank: int) -> tor
     the TP layout, inverse of :func:`unshard`."""
     if split.dim is None or tp_size == 1:
         return full
-    blocks = full.chunk(split.parts, dim=split.dim)
+    blocks = full.split(split.blocks(full.shape[split.dim]), dim=split.dim)
     pieces = [b.chunk(tp_size, dim=split.dim)[tp_rank] for b in blocks]
-    return pieces[0] if split.parts == 1 else torch.cat(pieces, dim=split.dim)
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=split.dim)
 
 
 def unshard(shards: Sequence[torch.Tensor], split: TPSplit) -> torch.Tensor:
     """The Megatron full tensor from all TP ranks' pieces, in rank order (inverse of :func:`shard`)."""
     if split.dim is None or len(shards) == 1:
         return shards[0]
-    per_rank = [s.chunk(split.parts, dim=split.dim) for s in shards]
-    return torch.cat([piece[p] for p in range(split.parts) for piece in per_rank], dim=split.dim)
+    local = [b // len(shards) for b in split.blocks(shards[0].shape[split.dim] * len(shards))]
+    per_rank = [s.split(local, dim=split.dim) for s in shards]
+    return torch.cat([piece[p] for p in range(len(local)) for piece in per_rank], dim=split.dim)
 
 
 # ------------------------------------------------------------------------------ layouts
@@ -223,8 +234,14 @@ class WeightMap:
         assert rule.layout is not Layout.STACK or split.parts == len(sources), (name, split)
         pieces = []
         for h in sources:
-            size = src.shape(h)[split.dim] // tp_size
-            pieces.append(src.get(h, split.dim, tp_rank * size, (tp_rank + 1) * size))
+            length = src.shape(h)[split.dim]
+            offset = 0  # a lone source may hold several blocks (a fused HF tensor): slice each
+            for block in (split.blocks(length) if len(sources) == 1 else [length]):
+                size = block // tp_size
+                pieces.append(src.get(h, split.dim, offset + tp_rank * size, offset + (tp_rank + 1) * size))
+                offset += block
+        if len(pieces) > len(sources):
+            pieces = [torch.cat(pieces, dim=split.dim)]
         local_dims = AttentionDims(self.dims.num_heads // tp_size, self.dims.num_kv_heads // tp_size, self.dims.head_dim)
         return to_megatron(rule.layout, pieces, local_dims)
 
