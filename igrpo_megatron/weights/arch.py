@@ -8,8 +8,9 @@ that is not a GPTModel (e.g. Megatron's ``MambaModel``) subclasses :class:`ArchS
 
 The protocol, in the order the provider (``models/provider.py``) calls it:
 
-- ``read_config(raw, where)``: HF ``config.json`` (a dict) -> :class:`HFModelConfig` (a subclass
-  when the family needs more fields); refuse what the family cannot represent, naming ``where``;
+- ``read_config(raw, where)``: HF ``config.json`` (a dict) -> :class:`HFModelConfig`, or a subclass
+  of it (``@dataclass(frozen=True, kw_only=True)``) when the family needs more fields; refuse what
+  the family cannot represent, naming ``where``;
 - ``tp_divisors(hf_cfg)``: the ``(count, what)`` pairs tensor parallelism must divide (pipeline
   parallelism always divides ``hf_cfg.num_layers``);
 - ``transformer_config(hf_cfg, **run)``: the megatron ``TransformerConfig``; ``run`` carries the
