@@ -5,7 +5,7 @@ import torch
 
 from igrpo_megatron.config import ConfigError
 from igrpo_megatron.models.provider import load_hf_config, padded_vocab_size
-from igrpo_megatron.tiny import make_model
+from igrpo_megatron.demo.tiny import make_model
 from igrpo_megatron.weights.arch import UnsupportedArchitecture, arch_spec, registered_model_types
 from igrpo_megatron.weights.hf_io import HFSafetensors
 from igrpo_megatron.weights.mapping import WeightMap, WeightMappingError, unshard
