@@ -87,7 +87,7 @@ def evaluate(cfg: Config, server_urls: Sequence[str], api_key: str, tokenizer=No
     from igrpo_megatron.rollout import RolloutClient
 
     e = cfg.eval
-    check_eval_config(e)
+    e.validate()  # evaluate() may get a Config that load_config did not build
     if tokenizer is None:
         from igrpo_megatron.data import load_tokenizer
 
