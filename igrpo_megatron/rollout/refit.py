@@ -52,6 +52,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable, Optional, Protocol, Sequence
 
 from igrpo_megatron.config import ConfigError, RolloutConfig
+from igrpo_megatron.registry import Registry
 from igrpo_megatron.rollout.admin import ServerAdmin
 from igrpo_megatron.weights.export import drain
 
@@ -153,6 +154,11 @@ def _stream(admins: Sequence[ServerAdmin], method: str, buckets: Iterable[Bucket
     return num_tensors, num_bytes
 
 
+# rollout.refit_transport -> the class that moves a refit's buckets: (cfg, admins) -> transport.
+TRANSPORTS: Registry[type[Transport]] = Registry("rollout.refit_transport")
+
+
+@TRANSPORTS.register("disk")
 class DiskTransport:
     """Safetensors files in ``rollout.refit_dir``; each server reads them itself."""
 
@@ -191,6 +197,7 @@ class DiskTransport:
                 shutil.rmtree(path, ignore_errors=True)
 
 
+@TRANSPORTS.register("http")
 class HttpTransport:
     """Base64 safetensors buckets in ``/collective_rpc`` bodies."""
 
@@ -209,6 +216,7 @@ class HttpTransport:
         pass
 
 
+@TRANSPORTS.register("nccl")
 class NcclTransport:
     """vLLM's NCCL weight-transfer engine (GPU only; untested on this CPU-only machine).
 
@@ -276,8 +284,6 @@ class NcclTransport:
     def cleanup(self) -> None:
         pass
 
-
-TRANSPORTS: dict[str, type[Transport]] = {"disk": DiskTransport, "http": HttpTransport, "nccl": NcclTransport}
 
 
 class Refitter:
