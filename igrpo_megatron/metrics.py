@@ -3,8 +3,9 @@
 The rollout figures answer the paper's questions directly: does the best of N drafts reach
 ``1 - (1 - p)^N`` (its Proposition), and do refinements fix wrong drafts more often than they
 break right ones. Everything is computed on rank 0 from the full rollout batch; the training
-figures (entropy, KL, clip fraction) come from the loss and are averaged over data-parallel ranks
-by the trainer before they reach this module.
+figures (entropy, KL, clip fraction) come from the loss, summed over micro-batches and
+data-parallel ranks by ``Policy.train_step`` and averaged here over the step's optimizer steps.
+:func:`step_record` assembles rank 0's record of one step from its parts.
 """
 from __future__ import annotations
 
@@ -13,8 +14,12 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
-from typing import Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Iterator, Sequence
+
+if TYPE_CHECKING:
+    from igrpo_megatron.rollout.refit import RefitStats
+    from igrpo_megatron.rollout.two_stage import PromptRollout
 
 # Every step's record carries these keys (the end-to-end test checks the file against this list).
 STEP_FIELDS = (
@@ -33,6 +38,9 @@ STEP_FIELDS = (
     "reward_mean",
     "reward_std",
     "zero_var_frac",
+    "format_mean",  # mean format reward of the refinements (0 for K steps: a warning)
+    "no_signal",  # 1.0 when every group's rewards are equal: no advantage, no gradient this step
+    "format_zero_steps",  # consecutive steps so far whose every refinement scored format 0
     "entropy",
     "kl",  # k3 KL(old || new) of this step's update (0 for a single on-policy step)
     "clip_frac",
@@ -47,31 +55,11 @@ STEP_FIELDS = (
     "time_refit_s",
     "time_step_s",
     "tokens_per_s",
+    "refit_pause_s",  # POST /pause of the refit: with pause_mode=wait, the requests in flight finishing
+    "refit_load_s",  # export + transfer + load on the servers, overlapped bucket by bucket
+    "refit_mb",  # weight bytes sent to each server (1e6 bytes)
+    "refit_tensors",  # HF tensors sent (the server checks it loaded as many)
 )
-
-
-@dataclass
-class PromptRollout:
-    """Everything the two stages produced for one prompt (rank 0 builds it, all ranks receive it).
-
-    ``draft_*`` lists are empty for GRPO (``num_drafts = 0``). ``prompt_ids`` is the prompt the
-    trained completions were sampled from: the refinement prompt in iGRPO, the question in GRPO.
-    """
-
-    id: str
-    question: str
-    answer: str
-    prompt_ids: list[int]
-    response_ids: list[list[int]]
-    response_logprobs: list[list[float]]
-    rewards: list[float]
-    accuracy: list[float]
-    truncated: list[bool]
-    draft_ids: list[list[int]] = field(default_factory=list)
-    draft_rewards: list[float] = field(default_factory=list)
-    draft_accuracy: list[float] = field(default_factory=list)
-    best_draft: int = -1
-    weight_version: int = -1
 
 
 def _mean(xs: Sequence[float]) -> float:
@@ -85,7 +73,7 @@ def _std(xs: Sequence[float]) -> float:
     return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
 
 
-def rollout_metrics(groups: Sequence[PromptRollout], num_drafts: int) -> dict[str, float]:
+def rollout_metrics(groups: Sequence["PromptRollout"], num_drafts: int) -> dict[str, float]:
     """Accuracy of drafts, best drafts and refinements, transitions, rewards and lengths.
 
     Transitions are conditional rates over refinement samples: ``trans_wrong_to_right`` is
@@ -114,13 +102,81 @@ def rollout_metrics(groups: Sequence[PromptRollout], num_drafts: int) -> dict[st
         "draft_len_mean": _mean([len(d) for g in groups for d in g.draft_ids]),
         "response_len_mean": _mean([len(r) for g in groups for r in g.response_ids]),
         "truncated_frac": _mean([float(t) for g in groups for t in g.truncated]),
+        "format_mean": _mean([f for g in groups for f in g.format_scores]),
         "num_samples": float(len(rewards)),
     }
 
 
-def generated_tokens(groups: Sequence[PromptRollout]) -> int:
+def generated_tokens(groups: Sequence["PromptRollout"]) -> int:
     """Tokens the rollout server generated this step (drafts included: they cost decode time)."""
     return sum(len(r) for g in groups for r in g.response_ids) + sum(len(d) for g in groups for d in g.draft_ids)
+
+
+def mean_over_updates(updates: Sequence[dict]) -> dict[str, float]:
+    """The step's loss figures from its ``ppo_epochs x mini_batches`` optimizer steps: the mean of
+    each figure over them (the max for ``*_max``, the rule inside one step too); {} for none."""
+    if not updates:
+        return {}
+    return {k: max(float(u[k]) for u in updates) if k.endswith("_max") else
+            sum(float(u[k]) for u in updates) / len(updates) for k in updates[0]}
+
+
+def train_record(m: dict) -> dict:
+    """The loss metrics under the names of :data:`STEP_FIELDS`.
+
+    The trainer always passes entropy and rollout logprobs to the loss, so every source key exists.
+    A step without an update (dynamic sampling dropped every group) records NaN, not a made-up 0.
+    """
+    if not m:
+        return dict.fromkeys(("entropy", "kl", "logprob_mismatch", "clip_frac"), float("nan"))
+    rec = {k: float(v) for k, v in m.items()}
+    rec.update(entropy=rec["entropy"], kl=rec["approx_kl"], logprob_mismatch=rec["mismatch_abs_diff"],
+               clip_frac=rec["clip_frac_low"] + rec["clip_frac_high"])
+    return rec
+
+
+def refit_record(stats: "RefitStats") -> dict[str, float]:
+    """The refit's own figures (the Refitter measures them on rank 0) under their STEP_FIELDS names."""
+    return {"refit_pause_s": stats.pause_s, "refit_load_s": stats.load_s, "refit_mb": stats.num_bytes / 1e6,
+            "refit_tensors": float(stats.num_tensors)}
+
+
+class Stopwatch:
+    """Wall time of a step's phases: ``with watch("rollout"): ...`` adds to ``watch.times["rollout"]``.
+
+    Every phase named at construction is in ``times`` (0 when it did not run: a step whose groups
+    dynamic sampling all dropped has no update), so every record has the same keys.
+    """
+
+    def __init__(self, phases: Sequence[str]):
+        self.times = dict.fromkeys(phases, 0.0)
+        self._start = time.perf_counter()
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.times[phase] = self.times.get(phase, 0.0) + time.perf_counter() - t0
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self._start
+
+
+def step_record(groups: Sequence["PromptRollout"], num_drafts: int, batch_info: dict, train: dict,
+                watch: Stopwatch, refit: "RefitStats", rollout_counters: dict) -> dict:
+    """Rank 0's figures of one step: rollouts, batch, loss, refit, timings and the rollout side's counters."""
+    rec = rollout_metrics(groups, num_drafts)
+    rec.update(batch_info)
+    rec.update(train_record(train))
+    rec.update(refit_record(refit))
+    rec.update({f"time_{phase}_s": t for phase, t in watch.times.items()})
+    rec.update(time_step_s=watch.elapsed(),
+               tokens_per_s=generated_tokens(groups) / max(watch.times.get("rollout", 0.0), 1e-9),
+               rollout_weight_version=min(g.weight_version for g in groups))
+    rec.update(rollout_counters)  # cumulative: items scored, timeouts, worker deaths, judge errors, retries
+    return rec
 
 
 class MetricsLogger:
@@ -144,8 +200,11 @@ class MetricsLogger:
             if SummaryWriter is not None:
                 self._tb = SummaryWriter(os.path.join(run_dir, "tensorboard"))
         self._t0 = time.time()
+        self.signal = SignalWatch()
 
     def log(self, record: dict) -> None:
+        for warning in self.signal.check(record):
+            print(f"WARNING: {warning}", file=self._stream, flush=True)
         self._file.write(json.dumps(record, sort_keys=True) + "\n")
         self._file.flush()
         if self._tb is not None:
@@ -174,7 +233,48 @@ def progress_line(r: dict) -> str:
     parts.append(f"ent {r.get('entropy', 0):.3f} kl {r.get('kl', 0):.2e} clip {r.get('clip_frac', 0):.3f}")
     parts.append(f"len {r.get('response_len_mean', 0):.0f}")
     parts.append(f"{r.get('time_step_s', 0):.1f}s ({r.get('tokens_per_s', 0):.0f} tok/s) v{r.get('weight_version', -1)}")
+    if r.get("no_signal"):
+        parts.append("NO SIGNAL (all groups zero-variance)")
     return " | ".join(parts)
+
+
+#: What usually makes a real model's rewards all equal; each is a setting or a file to look at.
+NO_SIGNAL_CAUSES = ("the prompt format (data.system_prompt, data.user_suffix: does the model write the "
+                    "answer the reward extracts?), reward.think_prefilled, truncation at rollout.max_tokens "
+                    "(truncated_frac), answer extraction (read rollouts.jsonl: igrpo-plot RUN_DIR --samples)")
+
+
+class SignalWatch:
+    """Says plainly when steps cannot teach the policy anything.
+
+    A step whose groups are all zero-variance has all-zero advantages: the update does nothing but
+    the entropy bonus, and nothing in the loss figures shows it. A real model that never writes the
+    expected answer format scores 0 everywhere this way (measured: SmolLM2-135M-Instruct with the
+    paper's prompt). Each condition is warned about once, with its likely causes; the record
+    carries ``no_signal`` and ``format_zero_steps`` every step, and the console line flags it.
+    """
+
+    def __init__(self, format_patience: int = 3):
+        self.format_patience = format_patience
+        self.format_zero_steps = 0
+        self.warned: set[str] = set()
+
+    def check(self, record: dict) -> list[str]:
+        """Adds the signal fields to ``record``; returns the warnings first seen at this step."""
+        record["no_signal"] = float(record["zero_var_frac"] >= 1.0)
+        self.format_zero_steps = self.format_zero_steps + 1 if record["format_mean"] == 0 else 0
+        record["format_zero_steps"] = self.format_zero_steps
+        found = {}
+        if record["no_signal"]:
+            found["no_signal"] = (f"step {record['step']}: every group's rewards are equal (reward mean "
+                                  f"{record['reward_mean']:.3f}): all advantages are 0, so this step has no "
+                                  f"learning signal; likely causes: {NO_SIGNAL_CAUSES}")
+        if self.format_zero_steps >= self.format_patience:
+            found["format"] = (f"step {record['step']}: the format reward was 0 for every sample for "
+                               f"{self.format_zero_steps} steps; likely causes: {NO_SIGNAL_CAUSES}")
+        new = [text for key, text in found.items() if key not in self.warned]
+        self.warned.update(found)
+        return new
 
 
 def read_metrics(run_dir: str) -> list[dict]:

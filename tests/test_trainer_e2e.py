@@ -56,6 +56,9 @@ def test_train_refit_checkpoint_resume(tmp_path, tiny_qwen2):
         assert r["num_samples"] == PROMPTS_PER_STEP * 2
         assert r["best_draft_acc_bound"] >= 0 and r["time_step_s"] > 0 and r["tokens_per_s"] > 0
         assert_training_figures(r)
+        # the Refitter's own figures reach the record: the weights went over, inside the refit's time
+        assert r["refit_tensors"] > 0 and r["refit_mb"] > 0
+        assert r["refit_pause_s"] + r["refit_load_s"] <= r["time_refit_s"]
         # every sample of the step (drafts and refinements) went through the reward pool
         assert r["reward_items"] == r["step"] * PROMPTS_PER_STEP * 4 and r["reward_timeouts"] == 0
     ckpts = sorted(os.listdir(run_dir / "checkpoints"))

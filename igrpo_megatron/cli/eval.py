@@ -46,10 +46,9 @@ def main(argv: list[str] | None = None) -> int:
             from igrpo_megatron.weights.hub import resolve_model_config
 
             cfg = dataclasses.replace(cfg, model=resolve_model_config(cfg.model))
-        from igrpo_megatron.eval.runner import check_eval_config, evaluate
+        from igrpo_megatron.eval.runner import evaluate
         from igrpo_megatron.rollout import launch_server, resolve_api_key
 
-        check_eval_config(cfg.eval)
         r = cfg.rollout
         urls = list(r.server_urls)
         api_key = resolve_api_key(r, cfg.train.output_dir, generate=not urls)

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Example:
+    """One training dataset row: a question, its gold answer and where it came from, before any tokenizer."""
+
     id: str  # "<file name or hub name>:<row>", unique within a dataset
     question: str
     answer: str  # gold answer, as math-verify / the judge receive it

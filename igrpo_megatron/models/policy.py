@@ -45,7 +45,7 @@ def _micro_batches(batch: TrainBatch, micro_batch_size: int) -> list[TrainBatch]
     rows = len(batch)
     if rows == 0 or rows % micro_batch_size:
         raise ValueError(f"this rank's batch has {rows} rows, not a positive multiple of "
-                         f"train.micro_batch_size={micro_batch_size}; pad it (see trainer.shard_for_data_parallel)")
+                         f"train.micro_batch_size={micro_batch_size}; pad it (see batch.shard_for_data_parallel)")
     return [batch.select(slice(i, i + micro_batch_size)) for i in range(0, rows, micro_batch_size)]
 
 

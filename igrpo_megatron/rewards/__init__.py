@@ -8,26 +8,30 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
-from igrpo_megatron.config import ConfigError, RewardConfig
+from igrpo_megatron.config import RewardConfig
 from igrpo_megatron.data.chat import resolve_think_prefill
+from igrpo_megatron.registry import Registry
 from igrpo_megatron.rewards.base import Reward, RewardItem, RewardResult
 from igrpo_megatron.rewards.extract import FORMAT_PATTERN, extract_answer, format_reward, last_boxed
 
+# Factories, so that a run imports only the reward it uses (the judge needs aiohttp, math-verify forks).
+REWARDS: Registry[Callable[[RewardConfig], Reward]] = Registry("reward.kind")
 
+
+@REWARDS.register("math_verify")
 def _math_verify(cfg: RewardConfig) -> Reward:
     from igrpo_megatron.rewards.math_verify_reward import RewardPool
 
     return RewardPool(cfg)
 
 
+@REWARDS.register("judge")
 def _judge(cfg: RewardConfig) -> Reward:
     from igrpo_megatron.rewards.judge import JudgeReward
 
     return JudgeReward(cfg)
-
-
-REWARDS = {"math_verify": _math_verify, "judge": _judge}
 
 
 def make_reward(cfg: RewardConfig, tokenizer=None) -> Reward:
@@ -35,12 +39,11 @@ def make_reward(cfg: RewardConfig, tokenizer=None) -> Reward:
 
     ``think_prefilled: auto`` is read from ``tokenizer``'s chat template; a reward made without a
     tokenizer (no template to read) takes it as false."""
-    if cfg.kind not in REWARDS:
-        raise ConfigError(f"reward.kind={cfg.kind!r} is unknown; choose one of {sorted(REWARDS)}")
+    factory = REWARDS[cfg.kind]
     if cfg.think_prefilled == "auto":
         cfg = (resolve_think_prefill(cfg, tokenizer) if tokenizer is not None
                else dataclasses.replace(cfg, think_prefilled=False))
-    return REWARDS[cfg.kind](cfg)
+    return factory(cfg)
 
 
 __all__ = ["FORMAT_PATTERN", "REWARDS", "Reward", "RewardItem", "RewardResult", "extract_answer",

@@ -33,11 +33,12 @@ class SampleLog:
 
     def record(self, step: int, g) -> dict:
         """One group as a JSON-ready dict."""
-        drafts = [{"text": self._text(ids), "reward": r, "accuracy": a, "length": len(ids)}
-                  for ids, r, a in zip(g.draft_ids, g.draft_rewards, g.draft_accuracy)]
-        refinements = [{"text": self._text(ids), "reward": r, "accuracy": a, "length": len(ids),
-                        "finish_reason": "length" if t else "stop"}
-                       for ids, r, a, t in zip(g.response_ids, g.rewards, g.accuracy, g.truncated)]
+        drafts = [{"text": self._text(ids), "reward": r, "accuracy": a, "format": f, "length": len(ids)}
+                  for ids, r, a, f in zip(g.draft_ids, g.draft_rewards, g.draft_accuracy, g.draft_format)]
+        refinements = [{"text": self._text(ids), "reward": r, "accuracy": a, "format": f, "length": len(ids),
+                        "finish_reason": why}
+                       for ids, r, a, f, why in zip(g.response_ids, g.rewards, g.accuracy, g.format_scores,
+                                                    g.finish_reasons)]
         if self.token_ids:
             for row, ids in zip(refinements, g.response_ids):
                 row["token_ids"] = list(ids)
