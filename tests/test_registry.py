@@ -24,7 +24,7 @@ REGISTRIES = {
 SWITCHES = {
     "model.dtype", "model.fp8", "model.fp8_recipe", "model.fp8_amax_compute_algo", "model.transformer_impl",
     "loss.ratio_level", "data.preset", "rollout.dtype", "rollout.refit_pause_mode", "rollout.stale_policy",
-    "eval.system_prompt",
+    "eval.system_prompt", "reward.think_prefilled",
 }
 
 
