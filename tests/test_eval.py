@@ -15,7 +15,7 @@ import pytest
 from igrpo_megatron.config import ConfigError, EvalConfig, RewardConfig, load_config
 from igrpo_megatron.eval import BENCHMARKS, load_benchmark, pass_at_k, summarize
 from igrpo_megatron.eval.runner import check_eval_config, score_completions, summarize_records
-from igrpo_megatron.rollout.server import free_port
+from igrpo_megatron.models.parallel import free_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -118,11 +118,6 @@ def test_eval_config_errors_name_the_field():
             check_eval_config(EvalConfig(**kwargs))
 
 
-def _free_port() -> int:
-    # A random start keeps test sessions that run side by side off each other's ports.
-    return free_port(ports=range(random.randrange(18200, 18290), 18300))
-
-
 def test_igrpo_eval_end_to_end_on_a_real_vllm_server(tiny_qwen2, tmp_path):
     """The CLI starts a vLLM (CPU) server for the tiny model, samples k completions per problem
     with the eval protocol's seed, scores them and writes per-sample records and the summary.
@@ -153,7 +148,7 @@ def test_igrpo_eval_end_to_end_on_a_real_vllm_server(tiny_qwen2, tmp_path):
 model: {{hf_path: {model}}}
 data: {{preset: synthetic}}
 reward: {{num_workers: 1}}
-rollout: {{port: {_free_port()}, dtype: float32, max_model_len: 1024, kv_cache_memory_bytes: 268435456,
+rollout: {{port: {free_port()}, dtype: float32, max_model_len: 1024, kv_cache_memory_bytes: 268435456,
           max_prompt_tokens: 512, max_tokens: 512, enforce_eager: true, startup_timeout_s: 300,
           request_timeout_s: 120}}
 eval: {{benchmarks: ["math500={math500}", "amc23={amc}"], samples: 4, pass_k: [1, 2], max_tokens: 12,

@@ -9,10 +9,11 @@ import pytest
 
 from igrpo_megatron.cli.serve import main as serve_main
 from igrpo_megatron.config import ConfigError, RolloutConfig
+from igrpo_megatron.models.parallel import free_port
 from igrpo_megatron.rollout import RolloutServerError, ServerStartError, build_server_command, launch_server
 from igrpo_megatron.rollout.admin import parse_weight_version
 from igrpo_megatron.rollout.auth import API_KEY_ENV
-from igrpo_megatron.rollout.server import CPU_DEFAULT_KV_CACHE_BYTES, free_port, resolve_api_key, store_api_key
+from igrpo_megatron.rollout.server import CPU_DEFAULT_KV_CACHE_BYTES, resolve_api_key, store_api_key
 
 
 def _flag(cmd: list[str], name: str) -> str:

@@ -10,6 +10,7 @@ import os
 import yaml
 
 from igrpo_megatron.metrics import STEP_FIELDS, read_metrics
+from igrpo_megatron.models.parallel import free_port
 from torchrun_util import REPO, run_torchrun
 from trainer_fixtures import tiny_run_config
 
@@ -19,7 +20,7 @@ PROMPTS_PER_STEP = 4
 
 def _config(tmp_path, model_dir) -> str:
     cfg = tiny_run_config(
-        model_dir, str(tmp_path / "run"), port=18120,
+        model_dir, str(tmp_path / "run"), port=free_port(),
         data={"synthetic_size": 64}, rollout={"max_tokens": 12, "startup_timeout_s": 400, "temperature": 0.7},
         train={"prompts_per_step": PROMPTS_PER_STEP, "max_steps": 3, "save_every": 1, "keep_last": 2,
                "mini_batches": 2},

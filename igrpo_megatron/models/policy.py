@@ -17,7 +17,7 @@ import torch.distributed as dist
 
 from igrpo_megatron.batch import TrainBatch
 from igrpo_megatron.config import Config, ConfigError
-from igrpo_megatron.models.logprobs import compute_logprobs, model_forward_step
+from igrpo_megatron.models.logprobs import compute_logprobs, micro_batch_slices, model_forward_step
 from igrpo_megatron.models.parallel import current_device
 from igrpo_megatron.models.provider import HFModelConfig, build_model
 
@@ -39,14 +39,6 @@ def global_denominators(batch: TrainBatch) -> dict[str, torch.Tensor]:
 def _to_device(batch: TrainBatch) -> TrainBatch:
     device = current_device()
     return TrainBatch(**{k: None if v is None else v.to(device) for k, v in vars(batch).items()})
-
-
-def _micro_batches(batch: TrainBatch, micro_batch_size: int) -> list[TrainBatch]:
-    rows = len(batch)
-    if rows == 0 or rows % micro_batch_size:
-        raise ValueError(f"this rank's batch has {rows} rows, not a positive multiple of "
-                         f"train.micro_batch_size={micro_batch_size}; pad it (see trainer.shard_for_data_parallel)")
-    return [batch.select(slice(i, i + micro_batch_size)) for i in range(0, rows, micro_batch_size)]
 
 
 class Policy:
@@ -170,7 +162,7 @@ class Policy:
             raise RuntimeError("train_step on a frozen (reference) model")
         mbs = micro_batch_size or self.cfg.train.micro_batch_size
         batch = _to_device(batch)
-        micro = _micro_batches(batch, mbs)
+        micro = [batch.select(s) for s in micro_batch_slices(len(batch), mbs)]
         denominators = global_denominators(batch)
         scale = len(micro) * ps.get_data_parallel_world_size()
 
