@@ -205,6 +205,7 @@ class Trainer:
     def __init__(self, cfg: Config):
         from igrpo_megatron.data import PromptIterator, load_prompts
         from igrpo_megatron.models import Policy, initialize_parallel, load_hf_config
+        from igrpo_megatron.models.policy import optimizer_steps
         from igrpo_megatron.models.provider import check_layout
 
         self.cfg = cfg
@@ -220,7 +221,7 @@ class Trainer:
         self.prompts = PromptIterator(load_prompts(cfg.data), cfg.data.seed, cfg.data.shuffle)
         self.total_steps = cfg.train.max_steps if cfg.train.max_steps is not None else (
             cfg.train.epochs * len(self.prompts.examples) // cfg.train.prompts_per_step)
-        self.policy = Policy(cfg, self.hf_cfg, total_steps=self.total_steps * cfg.train.ppo_epochs * cfg.train.mini_batches)
+        self.policy = Policy(cfg, self.hf_cfg, total_steps=optimizer_steps(cfg.train, self.total_steps))
         # The reference is the starting model (paper): hf_path, also after a resume.
         self.reference = Policy(cfg, self.hf_cfg, frozen=True) if cfg.loss.kl_beta > 0 else None
         self.step_idx = 0

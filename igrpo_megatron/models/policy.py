@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 from igrpo_megatron.batch import TrainBatch
-from igrpo_megatron.config import Config, ConfigError
+from igrpo_megatron.config import Config, ConfigError, TrainConfig
 from igrpo_megatron.models.logprobs import compute_logprobs, micro_batch_slices, model_forward_step
 from igrpo_megatron.models.parallel import current_device
 from igrpo_megatron.models.provider import HFModelConfig, build_model
@@ -39,6 +39,11 @@ def global_denominators(batch: TrainBatch) -> dict[str, torch.Tensor]:
 def _to_device(batch: TrainBatch) -> TrainBatch:
     device = current_device()
     return TrainBatch(**{k: None if v is None else v.to(device) for k, v in vars(batch).items()})
+
+
+def optimizer_steps(train: TrainConfig, iterations: int) -> int:
+    """The LR schedule's length: every iteration takes ``ppo_epochs x mini_batches`` optimizer steps."""
+    return iterations * train.ppo_epochs * train.mini_batches
 
 
 class Policy:
@@ -92,7 +97,7 @@ class Policy:
             if t.max_steps is None:
                 raise ConfigError("the LR schedule needs its length: set train.max_steps, or pass total_steps "
                                   "(optimizer steps = iterations x train.ppo_epochs x train.mini_batches) to Policy")
-            total_steps = t.max_steps * t.ppo_epochs * t.mini_batches
+            total_steps = optimizer_steps(t, t.max_steps)
         config = self.model_chunks[0].config
         self.optimizer = get_megatron_optimizer(
             OptimizerConfig(
