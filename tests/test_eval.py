@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from igrpo_megatron.config import ConfigError, EvalConfig, RewardConfig, load_config
+from igrpo_megatron.data import DataError
 from igrpo_megatron.eval import BENCHMARKS, load_benchmark, pass_at_k, summarize
 from igrpo_megatron.eval.runner import check_eval_config, score_completions, summarize_records
 from igrpo_megatron.models.parallel import free_port
@@ -80,6 +81,13 @@ def test_local_files_replace_the_hub(tmp_path):
     bad = _jsonl(tmp_path / "bad.jsonl", [{"problem": "p", "answer": "1"}, {"problem": "p"}])
     with pytest.raises(ConfigError, match=r"row 2: no field 'answer'"):
         load_benchmark(f"math500={bad}")
+    # The training data's reader: its errors (a DataError, a ConfigError to the CLIs) name the entry.
+    (tmp_path / "m.csv").write_text("problem,answer\np,1\n")
+    with pytest.raises(DataError, match=r"eval.benchmarks math500 .*m.csv: unsupported file type"):
+        load_benchmark(f"math500={tmp_path / 'm.csv'}")
+    (tmp_path / "torn.jsonl").write_text('{"problem": "p", "answer": "1"}\n{"problem": "p", "ans\n')
+    with pytest.raises(DataError, match=r"row 2: not a JSON object"):
+        load_benchmark(f"math500={tmp_path / 'torn.jsonl'}")
 
 
 def test_math_verify_scoring_and_aggregation_of_real_completions(tmp_path):
