@@ -17,8 +17,8 @@ from igrpo_megatron.data import DataError
 from igrpo_megatron.eval import BENCHMARKS, load_benchmark, pass_at_k, summarize
 from igrpo_megatron.eval.runner import check_eval_config, score_completions, summarize_records
 from igrpo_megatron.models.parallel import free_port
+from torchrun_util import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _jsonl(path, rows):

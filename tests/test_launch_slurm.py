@@ -17,8 +17,8 @@ import time
 import pytest
 
 from igrpo_megatron.models.parallel import free_port
+from torchrun_util import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SLURM = os.path.join(REPO, "tests", "slurm")
 PY = os.path.join(REPO, ".venv", "bin", "python")
 

@@ -7,6 +7,7 @@ TP=1 x DP=2 with the HTTP refit transport.
 import json
 import os
 
+import pytest
 import yaml
 
 from igrpo_megatron.metrics import STEP_FIELDS, read_metrics
@@ -55,7 +56,12 @@ def test_train_refit_checkpoint_resume(tmp_path, tiny_qwen2):
         assert r["rollout_weight_version"] == r["step"] - 1
         assert r["prompts_consumed"] == r["step"] * PROMPTS_PER_STEP
         assert r["num_samples"] == PROMPTS_PER_STEP * 2
-        assert r["best_draft_acc_bound"] >= 0 and r["time_step_s"] > 0 and r["tokens_per_s"] > 0
+        # 1 - (1 - p)^N over this step's drafts (N = 2, p = their accuracy), and the phases are disjoint
+        # intervals of the step, each measured.
+        assert r["best_draft_acc_bound"] == pytest.approx(1 - (1 - r["draft_acc"]) ** 2)
+        phases = [r[f"time_{phase}_s"] for phase in ("rollout", "logprobs", "train", "refit")]
+        assert min(phases) > 0 and r["time_step_s"] >= sum(phases) - 1e-6, (phases, r["time_step_s"])
+        assert r["tokens_per_s"] > 0
         assert_training_figures(r)
         # every sample of the step (drafts and refinements) went through the reward pool
         assert r["reward_items"] == r["step"] * PROMPTS_PER_STEP * 4 and r["reward_timeouts"] == 0
