@@ -33,6 +33,7 @@ from igrpo_megatron.data import PromptIterator, format_prompt, load_prompts, loa
 from igrpo_megatron.data.chat import resolve_think_prefill
 from igrpo_megatron.metrics import MetricsLogger, Stopwatch, mean_over_updates, step_record
 from igrpo_megatron.models import Policy, broadcast_object, initialize_parallel, load_hf_config
+from igrpo_megatron.models.policy import optimizer_steps
 from igrpo_megatron.models.provider import check_layout
 from igrpo_megatron.rollout import RefitStats, RolloutConnection, SamplingParams, connect
 from igrpo_megatron.rollout.samples import SampleLog
@@ -64,7 +65,7 @@ class Trainer:
         self.prompts = PromptIterator(load_prompts(cfg.data), cfg.data.seed, cfg.data.shuffle)
         self.total_steps = cfg.train.max_steps if cfg.train.max_steps is not None else (
             cfg.train.epochs * len(self.prompts.examples) // cfg.train.prompts_per_step)
-        self.policy = Policy(cfg, self.hf_cfg, total_steps=self.total_steps * cfg.train.ppo_epochs * cfg.train.mini_batches)
+        self.policy = Policy(cfg, self.hf_cfg, total_steps=optimizer_steps(cfg.train, self.total_steps))
         # The reference is the starting model (paper): hf_path, also after a resume.
         self.reference = Policy(cfg, self.hf_cfg, frozen=True) if cfg.loss.kl_beta > 0 else None
         self.step_idx = self.weight_version = 0
