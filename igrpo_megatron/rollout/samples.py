@@ -25,6 +25,7 @@ class SampleLog:
     """Appends each step's kept groups to ``run_dir/rollouts.jsonl`` (rank 0 only)."""
 
     def __init__(self, run_dir: str, tokenizer, fraction: float = 1.0, token_ids: bool = False, seed: int = 0):
+        os.makedirs(run_dir, exist_ok=True)
         self.path = os.path.join(run_dir, FILE)
         self.tokenizer, self.fraction, self.token_ids, self.seed = tokenizer, fraction, token_ids, seed
 
