@@ -3,13 +3,14 @@
 The trainer calls :func:`save_checkpoint` every ``train.save_every`` steps and, at start-up,
 :func:`find_latest` + :func:`load_checkpoint` when ``train.resume`` is set.
 """
-from igrpo_megatron.checkpoint.directory import complete_checkpoints, find_latest
+from igrpo_megatron.checkpoint.directory import CheckpointError, complete_checkpoints, find_latest
 from igrpo_megatron.checkpoint.dist_checkpoint import (
-    CheckpointError,
     LoadedCheckpoint,
     load_checkpoint,
+    read_meta,
     resolve_checkpoint,
     save_checkpoint,
+    verify_checkpoint,
 )
 
 __all__ = [
@@ -18,6 +19,8 @@ __all__ = [
     "complete_checkpoints",
     "find_latest",
     "load_checkpoint",
+    "read_meta",
     "resolve_checkpoint",
     "save_checkpoint",
+    "verify_checkpoint",
 ]

@@ -1,0 +1,158 @@
+"""Faults and bad input, each run for real and its outcome asserted (issue 12).
+
+Checkpoints: a code-running payload in ``.metadata`` is refused (file and class named) and does
+not run, by to-hf, verify and ``load_checkpoint`` (resume and ``model.init_checkpoint``); 4 KiB
+flipped in a shard is detected with the file named; a real checkpoint still converts and loads.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from igrpo_megatron.checkpoint.integrity import file_checksum
+from torchrun_util import REPO
+
+ITER = "iter_0000000"
+
+
+def _env(**extra) -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO, **extra}
+
+
+def _run(args: list[str], timeout: float = 300, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=_env(**env), cwd=REPO,
+                          timeout=timeout)
+
+
+def convert(*args, **env) -> subprocess.CompletedProcess:
+    return _run(["-m", "igrpo_megatron.cli.convert", *args], **env)
+
+
+def _error_lines(proc) -> list[str]:
+    """The non-progress-bar lines of stderr (tqdm draws its bar there)."""
+    return [line for line in proc.stderr.splitlines() if line.strip() and "it/s]" not in line and "B/s]" not in line
+            and "Warning" not in line and "warnings.warn" not in line]
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    from igrpo_megatron.tiny import make_model
+
+    return make_model(str(tmp_path_factory.mktemp("faults_hf")), arch="qwen2", hidden_size=64, num_heads=4,
+                      num_kv_heads=2, intermediate_size=96, num_layers=2, init_std=0.1)
+
+
+@pytest.fixture(scope="module")
+def ckpt(hf_dir, tmp_path_factory):
+    """A real from-hf checkpoint (torch_dist shards, .metadata, common.pt, checksums)."""
+    out = str(tmp_path_factory.mktemp("faults_ckpt") / "ckpt")
+    proc = convert("from-hf", "--hf", hf_dir, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def _copy(ckpt: str, tmp_path) -> tuple[str, str]:
+    dst = str(tmp_path / "ckpt")
+    shutil.copytree(ckpt, dst)
+    return dst, os.path.join(dst, ITER)
+
+
+def _rerecord(iter_dir: str, name: str) -> None:
+    """Update the checksum of ``name`` as an attacker who can write the folder would."""
+    path = os.path.join(iter_dir, "meta.json")
+    with open(path) as f:
+        meta = json.load(f)
+    meta["checksums"]["files"][name] = file_checksum(os.path.join(iter_dir, name))
+    with open(path, "w") as f:
+        json.dump(meta, f)
+
+
+class _RunsCode:
+    """Unpickling this creates the folder named by IGRPO_TEST_PWNED: proof that code ran."""
+
+    def __reduce__(self):
+        return (os.makedirs, (os.environ["IGRPO_TEST_PWNED"],))
+
+
+LOAD_SCRIPT = """
+import sys
+from igrpo_megatron.checkpoint import CheckpointError, load_checkpoint
+from igrpo_megatron.models.parallel import destroy_parallel
+from igrpo_megatron.models.provider import load_hf_config
+from igrpo_megatron.weights.convert import _single_process_model
+model = _single_process_model(load_hf_config(sys.argv[1]), sys.argv[1], "fp32")
+try:
+    loaded = load_checkpoint(sys.argv[2], [model], load_optimizer=False, load_rng=False)
+    print("LOADED", loaded.step)
+except CheckpointError as e:
+    print("REFUSED", e)
+finally:
+    destroy_parallel(destroy_process_group=True)
+"""
+
+
+def load_in_process(hf_dir: str, ckpt: str, **env) -> str:
+    """``load_checkpoint`` into a freshly built model, as resume and ``model.init_checkpoint`` call it."""
+    proc = _run(["-c", LOAD_SCRIPT, hf_dir, ckpt], **env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout.strip().splitlines()[-1]
+
+
+def test_metadata_payload_is_refused_and_not_executed(hf_dir, ckpt, tmp_path, monkeypatch):
+    root, iter_dir = _copy(ckpt, tmp_path)
+    marker = tmp_path / "pwned"
+    monkeypatch.setenv("IGRPO_TEST_PWNED", str(marker))
+    path = os.path.join(iter_dir, ".metadata")
+    with open(path, "rb") as f:
+        metadata = pickle.load(f)
+    metadata.planner_data = _RunsCode()  # hidden inside an otherwise valid index
+    with open(path, "wb") as f:
+        pickle.dump(metadata, f)
+    _rerecord(iter_dir, ".metadata")  # so that the checksums do not catch it first
+
+    for proc in (convert("to-hf", "--ckpt", root, "--out", str(tmp_path / "out")),
+                 convert("verify", "--ckpt", root)):
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        lines = _error_lines(proc)
+        assert len(lines) == 1 and path in lines[0] and "os.makedirs" in lines[0], proc.stderr[-3000:]
+    outcome = load_in_process(hf_dir, root)
+    assert outcome.startswith("REFUSED") and "os.makedirs" in outcome, outcome
+    assert not marker.exists()
+    assert not (tmp_path / "out").exists()  # to-hf leaves no half-written output
+
+    # Negative control: the payload is live; torch's plain pickle.load would have run it.
+    with open(path, "rb") as f:
+        pickle.load(f)
+    assert marker.exists()
+
+
+def test_flipped_bytes_are_detected_and_the_file_named(hf_dir, ckpt, tmp_path):
+    root, iter_dir = _copy(ckpt, tmp_path)
+    shard = os.path.join(iter_dir, "__0_1.distcp")
+    assert os.path.getsize(shard) > 3 * 4096
+    with open(shard, "r+b") as f:
+        f.seek(8192)
+        block = f.read(4096)
+        f.seek(8192)
+        f.write(bytes(b ^ 0xFF for b in block))
+
+    for proc in (convert("verify", "--ckpt", root), convert("to-hf", "--ckpt", root, "--out", str(tmp_path / "out"))):
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        lines = _error_lines(proc)
+        assert len(lines) == 1 and f"{shard} is damaged" in lines[0], proc.stderr[-3000:]
+    outcome = load_in_process(hf_dir, root)
+    assert outcome.startswith("REFUSED") and f"{shard} is damaged" in outcome, outcome
+
+    # The undamaged original verifies, converts and loads.
+    proc = convert("verify", "--ckpt", ckpt)
+    assert proc.returncode == 0 and "6 files" in proc.stdout, proc.stdout + proc.stderr
+    assert load_in_process(hf_dir, ckpt) == "LOADED 0"
+    proc = convert("to-hf", "--ckpt", ckpt, "--out", str(tmp_path / "good"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert os.path.isfile(tmp_path / "good" / "model.safetensors.index.json")
