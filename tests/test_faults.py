@@ -156,3 +156,83 @@ def test_flipped_bytes_are_detected_and_the_file_named(hf_dir, ckpt, tmp_path):
     proc = convert("to-hf", "--ckpt", ckpt, "--out", str(tmp_path / "good"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert os.path.isfile(tmp_path / "good" / "model.safetensors.index.json")
+
+
+# ------------------------------------------------------------------ process trees
+
+OWNER_SCRIPT = """
+import os, sys
+sys.path.insert(0, os.path.join(sys.argv[3], "tests"))
+from rollout_fixtures import rollout_test_config
+from igrpo_megatron.rollout import launch_server
+cfg = rollout_test_config(refit_dir=os.path.join(sys.argv[2], "refit"))
+for line in sys.stdin:  # one launch per line (the port)
+    handle = launch_server(cfg, sys.argv[1], os.path.join(sys.argv[2], "vllm.log"), port=int(line),
+                           env={"OMP_NUM_THREADS": "1"})
+    print("READY", handle.process.pid, flush=True)
+"""
+
+
+def _port_is_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds (TIME_WAIT is no owner)
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def _wait_gone(pgid: int, port: int, timeout_s: float = 60.0) -> float:
+    """Seconds until group ``pgid`` has no live member and ``port`` can be bound; fails after timeout."""
+    import time
+
+    from igrpo_megatron.lifetime import group_members
+
+    t0 = time.monotonic()
+    while group_members(pgid) or not _port_is_free(port):
+        assert time.monotonic() - t0 < timeout_s, f"left behind: group {pgid} {group_members(pgid)}, port {port}"
+        time.sleep(0.2)
+    return time.monotonic() - t0
+
+
+def _launch(owner, port: int) -> int:
+    owner.stdin.write(f"{port}\n")
+    owner.stdin.flush()
+    line = owner.stdout.readline()
+    assert line.startswith("READY"), f"the owner did not start a server: {line!r}"
+    return int(line.split()[1])
+
+
+def test_kill_9_of_the_api_server_or_of_its_owner_leaves_nothing(tiny_qwen2, tmp_path):
+    """The server's whole process group (guard, API server, EngineCore) ends when the API server is
+    SIGKILLed and when the process that started it is; the port is free and binds again."""
+    import psutil
+
+    from igrpo_megatron.lifetime import group_members
+    from igrpo_megatron.rollout.server import free_port
+
+    port = free_port(ports=range(18000 + os.getpid() % 90, 18100))
+    owner = subprocess.Popen([sys.executable, "-c", OWNER_SCRIPT, tiny_qwen2, str(tmp_path), REPO],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=_env(), cwd=REPO)
+    try:
+        pgid = _launch(owner, port)
+        members = group_members(pgid)
+        assert len(members) >= 3, members  # guard + API server + EngineCore at least
+        api_server = psutil.Process(pgid).children()[0].pid
+        os.kill(api_server, 9)
+        print(f"api server killed: {len(members)} processes gone in {_wait_gone(pgid, port):.1f} s")
+
+        pgid = _launch(owner, port)  # the same port binds again
+        members = group_members(pgid)
+        assert len(members) >= 3, members
+        owner.kill()
+        owner.wait(timeout=30)
+        print(f"owner killed: {len(members)} processes gone in {_wait_gone(pgid, port):.1f} s")
+    finally:
+        owner.kill()
+        owner.wait(timeout=30)
+    with open(tmp_path / "vllm.log") as f:
+        assert f.read().count("===== launch ") == 2  # the first launch's log is kept
