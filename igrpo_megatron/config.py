@@ -15,8 +15,10 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+from igrpo_megatron.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A user-facing configuration error; the message names the field and the fix."""
 
 

@@ -236,3 +236,50 @@ def test_kill_9_of_the_api_server_or_of_its_owner_leaves_nothing(tiny_qwen2, tmp
         owner.wait(timeout=30)
     with open(tmp_path / "vllm.log") as f:
         assert f.read().count("===== launch ") == 2  # the first launch's log is kept
+
+
+# ------------------------------------------------------------------ full disk
+
+SAVE_SCRIPT = """
+import os, sys
+from igrpo_megatron.checkpoint import save_checkpoint
+from igrpo_megatron.cli.runner import run_cli
+from igrpo_megatron.models.parallel import destroy_parallel
+from igrpo_megatron.models.provider import load_hf_config
+from igrpo_megatron.weights.convert import _single_process_model
+
+def body(argv):
+    model = _single_process_model(load_hf_config(sys.argv[1]), sys.argv[1], "fp32")
+    try:
+        print("SAVED", save_checkpoint(sys.argv[2], 0, [model]), flush=True)
+        save_checkpoint(sys.argv[2], 1, [model])  # the tmpfs holds one checkpoint, not two
+    finally:
+        destroy_parallel(destroy_process_group=True)
+
+sys.exit(run_cli("igrpo-train", body))
+"""
+
+
+def test_full_disk_on_save_is_one_line_and_keeps_the_previous_checkpoint(hf_dir, ckpt, tmp_path):
+    from igrpo_megatron.checkpoint import find_latest
+
+    one = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(os.path.join(ckpt, ITER)) for f in fs)
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    size_kib = (one * 3 // 2) // 1024
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(mnt)]).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        root = str(mnt / "ckpt")
+        proc = _run(["-c", SAVE_SCRIPT, hf_dir, root])
+        assert proc.returncode == 2, proc.stdout + proc.stderr[-3000:]
+        assert "SAVED" in proc.stdout
+        lines = [line for line in _error_lines(proc) if "igrpo-train" in line or "Traceback" in line]
+        assert len(lines) == 1 and "no space left on device" in lines[0] and "is intact" in lines[0], proc.stderr[-3000:]
+        assert "Traceback" not in proc.stderr
+        assert sorted(os.listdir(root)) == ["iter_0000000", "latest"]  # no iter_0000001.tmp
+        assert find_latest(root) == os.path.join(root, ITER)
+        verify = convert("verify", "--ckpt", root)
+        assert verify.returncode == 0, verify.stderr  # the previous checkpoint is intact
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)])

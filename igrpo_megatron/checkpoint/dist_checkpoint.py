@@ -28,11 +28,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
-import torch
 import torch.distributed as dist
 import yaml
 
@@ -185,6 +185,81 @@ def _verify_checksums(ckpt_dir: str, meta: dict) -> None:
     integrity.raise_if_damaged(ckpt_dir, sorted(p for part in problems for p in part))
 
 
+def _write(tmp: str, step: int, model, optimizer, scheduler, extra_state: dict, config) -> None:
+    """Everything of checkpoint ``step`` into its ``.tmp`` folder (collective)."""
+    from megatron.core import dist_checkpointing
+
+    rank = dist.get_rank()
+    state = _sharded_state_dict(model, optimizer, is_loading=False)
+    dist_checkpointing.save(state, tmp, sharded_strategy=_save_strategy())
+    _fault_point("after_shards")
+    save_rng_state(tmp, rank)
+    if rank == 0 and config is not None:
+        from igrpo_megatron.config import dump_yaml
+
+        with open(os.path.join(tmp, CONFIG_FILE), "w", encoding="utf-8") as f:
+            f.write(dump_yaml(config))
+    sums = _checksum_own_files(tmp, rank)
+    if rank == 0:
+        layout = _layout(optimizer)
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "step": step,
+            "layout": layout,
+            "optimizer_format": None if optimizer is None else
+            DISTRIBUTED_OPTIM_FORMAT if layout["distributed_optimizer"] else "model_space",
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "extra_state": extra_state,
+            "checksums": integrity.record(sums),
+        }
+        _write_json(os.path.join(tmp, META_FILE), meta)
+
+
+def _os_error_in(error: BaseException) -> Optional[OSError]:
+    """The OSError behind ``error``: its causes, and the per-rank failures torch's
+    ``CheckpointException`` gathers."""
+    stack, seen = [error], set()
+    while stack:
+        e = stack.pop()
+        if not isinstance(e, BaseException) or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError):
+            return e
+        stack += [e.__cause__, e.__context__]
+        for failure in getattr(e, "failures", {}).values():  # (exception, traceback) per rank
+            stack += [x for x in (failure if isinstance(failure, tuple) else (failure,))
+                      if isinstance(x, BaseException)]
+    return None
+
+
+def _disk_full(path: str) -> bool:
+    """Less than 1 % or 64 MiB free: torch's writer reports a full disk as ``RuntimeError: Worker
+    failure: [enforce fail at inline_container.cc] unexpected pos``, with no errno to look at."""
+    usage = shutil.disk_usage(path)
+    return usage.free < min(64 << 20, usage.total // 100) or usage.free < 1 << 20
+
+
+def _save_failed(ckpt_root: str, step: int, error: BaseException) -> BaseException:
+    """A failed save as one line when the file system refused it (full disk, quota, permissions);
+    anything else is returned as it was."""
+    os_error = _os_error_in(error)
+    full = _disk_full(ckpt_root)
+    if os_error is None and not full and dist.get_rank() == 0:
+        return error
+    previous = find_latest(ckpt_root)
+    kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
+    if full:
+        reason = f"no space left on device ({shutil.disk_usage(ckpt_root).free / 2**20:.1f} MiB free)"
+    elif os_error is not None:
+        reason = os_error.strerror or str(os_error)
+    else:  # another rank's file system failed; rank 0 says which
+        reason = "the failure was on another rank"
+    return CheckpointError(f"saving checkpoint {step} under {ckpt_root} failed: {reason}; its unfinished folder "
+                           f"is removed and {kept}. Free space (fewer train.keep_last) or use another "
+                           f"train.output_dir")
+
+
 # --------------------------------------------------------------------------------------- save
 
 
@@ -212,8 +287,6 @@ def save_checkpoint(
     The folder is written as ``iter_XXXXXXX.tmp`` and renamed once every rank has finished, then
     ``latest`` is updated: a crash at any point leaves the previous checkpoint loadable.
     """
-    from megatron.core import dist_checkpointing
-
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
     extra_state = dict(extra_state or {})
@@ -229,29 +302,17 @@ def save_checkpoint(
         prepare_tmp_dir(ckpt_root, step)
     dist.barrier()
 
-    state = _sharded_state_dict(model, optimizer, is_loading=False)
-    dist_checkpointing.save(state, tmp, sharded_strategy=_save_strategy())
-    _fault_point("after_shards")
-    save_rng_state(tmp, rank)
-    if rank == 0 and config is not None:
-        from igrpo_megatron.config import dump_yaml
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
 
-        with open(os.path.join(tmp, CONFIG_FILE), "w", encoding="utf-8") as f:
-            f.write(dump_yaml(config))
-    sums = _checksum_own_files(tmp, rank)
-    if rank == 0:
-        layout = _layout(optimizer)
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "step": step,
-            "layout": layout,
-            "optimizer_format": None if optimizer is None else
-            DISTRIBUTED_OPTIM_FORMAT if layout["distributed_optimizer"] else "model_space",
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "extra_state": extra_state,
-            "checksums": integrity.record(sums),
-        }
-        _write_json(os.path.join(tmp, META_FILE), meta)
+    try:
+        _write(tmp, step, model, optimizer, scheduler, extra_state, config)
+    except (Exception, CheckpointException) as e:
+        failure = _save_failed(ckpt_root, step, e)  # before the clean-up frees space again
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)  # a full disk stays full otherwise
+        if failure is e:
+            raise
+        raise failure from e
     dist.barrier()  # every rank's shards and RNG file are on disk
 
     final = tmp[: -len(TMP_SUFFIX)]

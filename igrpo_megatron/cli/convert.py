@@ -21,6 +21,9 @@ import sys
 
 from tqdm import tqdm
 
+from igrpo_megatron.cli.runner import run_cli
+from igrpo_megatron.errors import UserError
+
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)\s*$", re.I)
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -102,16 +105,17 @@ def run(args: argparse.Namespace) -> str:
 
 
 def main(argv=None) -> int:
-    from igrpo_megatron.checkpoint import CheckpointError
-    from igrpo_megatron.config import ConfigError
+    return run_cli("igrpo-convert", _main, argv)
+
+
+def _main(argv) -> int:
     from igrpo_megatron.weights.mapping import WeightMappingError
 
     args = build_parser().parse_args(argv)
     try:
         print(run(args))
-    except (ConfigError, CheckpointError, WeightMappingError, FileNotFoundError, FileExistsError) as e:
-        print(f"igrpo-convert {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except (WeightMappingError, FileNotFoundError, FileExistsError) as e:  # the user's files, not our bug
+        raise UserError(f"{args.command}: {e}") from e
     return 0
 
 

@@ -8,27 +8,28 @@ from __future__ import annotations
 import argparse
 import sys
 
-from igrpo_megatron.config import ConfigError, dump_yaml, load_config
+from igrpo_megatron.cli.runner import run_cli
+from igrpo_megatron.config import dump_yaml, load_config
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run_cli("igrpo-train", _main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="igrpo-train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML run config (configs/*.yaml)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.max_steps=10")
     args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-        if args.print_config:
-            print(dump_yaml(cfg), end="")
-            return 0
-        from igrpo_megatron.trainer import train
+    cfg = load_config(args.config, args.overrides)
+    if args.print_config:
+        print(dump_yaml(cfg), end="")
+        return 0
+    from igrpo_megatron.trainer import train
 
-        train(cfg)  # checks that need the world size or the model shape raise ConfigError here
-    except ConfigError as e:
-        print(f"igrpo-train: config error: {e}", file=sys.stderr)
-        return 2
+    train(cfg)  # checks that need the world size or the model shape raise ConfigError here
     return 0
 
 

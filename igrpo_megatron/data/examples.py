@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from igrpo_megatron.errors import UserError
+
 
 @dataclass(frozen=True)
 class Example:
@@ -13,5 +15,5 @@ class Example:
     row: int  # 1-based row in the source (the line number for jsonl)
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A user-facing data problem; the message names the file, row and field, and the fix."""

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional, Sequence
 
+from igrpo_megatron.errors import UserError
 from igrpo_megatron.rollout.admin import RolloutServerError, parse_weight_version
 
 if TYPE_CHECKING:
@@ -29,7 +30,7 @@ GENERATE_PATH = "/inference/v1/generate"
 RETRY_STATUSES = {408, 429, 500, 502, 503, 504}
 
 
-class RolloutError(RuntimeError):
+class RolloutError(UserError, RuntimeError):
     """Generation failed for good (all retries spent, or the server rejected the request)."""
 
 

@@ -51,6 +51,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable, Optional, Sequence
 
+from igrpo_megatron.errors import UserError
 from igrpo_megatron.config import ConfigError, RolloutConfig
 from igrpo_megatron.rollout.admin import ServerAdmin
 
@@ -63,7 +64,7 @@ Bucket = Sequence[tuple[str, "torch.Tensor"]]
 log = logging.getLogger(__name__)
 
 
-class RefitError(RuntimeError):
+class RefitError(UserError, RuntimeError):
     """A weight update failed on a server; the server stays paused."""
 
 

@@ -26,6 +26,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Optional
 
+from igrpo_megatron.errors import UserError
 from igrpo_megatron.config import ConfigError, RolloutConfig
 from igrpo_megatron.lifetime import start_guarded, stop_group
 from igrpo_megatron.rollout.admin import ServerAdmin
@@ -39,7 +40,7 @@ CPU_DEFAULT_KV_CACHE_BYTES = 1 << 30
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-class ServerStartError(RuntimeError):
+class ServerStartError(UserError, RuntimeError):
     """The server exited or did not become healthy; the message carries the end of its log."""
 
 
