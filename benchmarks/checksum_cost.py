@@ -22,7 +22,7 @@ from igrpo_megatron.checkpoint import integrity, save_checkpoint
 from igrpo_megatron.config import ModelConfig, ParallelConfig
 from igrpo_megatron.models.parallel import destroy_parallel, initialize_parallel
 from igrpo_megatron.models.provider import build_model, load_hf_config
-from igrpo_megatron.tiny import make_model
+from igrpo_megatron.demo.tiny import make_model
 
 
 def build(hf_dir: str):

@@ -42,7 +42,7 @@ def _error_lines(proc) -> list[str]:
 
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory):
-    from igrpo_megatron.tiny import make_model
+    from igrpo_megatron.demo.tiny import make_model
 
     return make_model(str(tmp_path_factory.mktemp("faults_hf")), arch="qwen2", hidden_size=64, num_heads=4,
                       num_kv_heads=2, intermediate_size=96, num_layers=2, init_std=0.1)
@@ -212,9 +212,9 @@ def test_kill_9_of_the_api_server_or_of_its_owner_leaves_nothing(tiny_qwen2, tmp
     import psutil
 
     from igrpo_megatron.lifetime import group_members
-    from igrpo_megatron.rollout.server import free_port
+    from igrpo_megatron.models.parallel import free_port
 
-    port = free_port(ports=range(18000 + os.getpid() % 90, 18100))
+    port = free_port()
     owner = subprocess.Popen([sys.executable, "-c", OWNER_SCRIPT, tiny_qwen2, str(tmp_path), REPO],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=_env(), cwd=REPO)
     try:

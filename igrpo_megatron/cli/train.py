@@ -2,14 +2,25 @@
 
 ``--print-config`` prints the resolved YAML tree (file + overrides, defaults filled in,
 validated) and exits without touching torch.distributed: the way to check a run before sbatch.
+``--help-config [section]`` prints every field with its type, default and help.
 """
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 
 from igrpo_megatron.cli.runner import run_cli
 from igrpo_megatron.config import dump_yaml, load_config
+
+
+def exit_through_close_on_sigterm() -> None:
+    """torchrun SIGTERMs the survivors when a rank dies: rank 0 then exits through the trainer's
+    ``close()`` (SystemExit unwinds its ``with``), so the rollout server (its own process group)
+    and the reward workers do not outlive the job."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,14 +32,22 @@ def _main(argv: list[str] | None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML run config (configs/*.yaml)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--help-config", nargs="?", const="", metavar="SECTION",
+                        help="print the config fields (of one section) with type, default and help, and exit")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.max_steps=10")
     args = parser.parse_args(argv)
+    if args.help_config is not None:
+        from igrpo_megatron.config_help import format_help
+
+        print(format_help(args.help_config or None), end="")
+        return 0
     cfg = load_config(args.config, args.overrides)
     if args.print_config:
         print(dump_yaml(cfg), end="")
         return 0
     from igrpo_megatron.trainer import train
 
+    exit_through_close_on_sigterm()
     train(cfg)  # checks that need the world size or the model shape raise ConfigError here
     return 0
 

@@ -29,7 +29,8 @@ import sys
 import time
 
 RESULT_FILE = "demo_result.json"  # accuracy before/after RL, read by benchmarks/grpo_vs_igrpo.py
-DEMO_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo.yaml")
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEMO_CONFIG = os.path.join(_REPO, "configs", "demo.yaml")
 
 
 def solution_text(question: str, answer: str) -> str:
@@ -52,7 +53,7 @@ def build_model_and_tokenizer(model_dir: str) -> None:
     """
     from igrpo_megatron.algorithms.igrpo import build_prompt_messages, build_refinement_messages
     from igrpo_megatron.data.synthetic import synthetic_examples
-    from igrpo_megatron.tiny import make_model, make_tokenizer
+    from igrpo_megatron.demo.tiny import make_model, make_tokenizer
 
     corpus = []
     for e in synthetic_examples(400, seed=0, max_operand=99, ops="+-*"):
@@ -76,12 +77,12 @@ def warmup_batch(trainer, items, rng: random.Random):
     import torch
 
     from igrpo_megatron.algorithms.igrpo import build_prompt_messages, refinement_prompt_ids
-    from igrpo_megatron.batch import TrainBatch
+    from igrpo_megatron.batch import pack_rows
     from igrpo_megatron.data.chat import format_prompt
 
     tok = trainer.tokenizer
     eos = [tok.eos_token_id]
-    rows = []
+    prompts, targets = [], []
     for i, item in enumerate(items):
         target = tok.encode(solution_text(item.question, item.answer), add_special_tokens=False) + eos
         if i % 2 == 0:
@@ -92,14 +93,9 @@ def warmup_batch(trainer, items, rng: random.Random):
             prompt = refinement_prompt_ids(
                 item.question, draft, render=trainer.rollout.render, encode=trainer.rollout.encode,
                 max_prompt_tokens=trainer.cfg.rollout.max_prompt_tokens)
-        rows.append((list(prompt), target))
-    width = max(len(p) + len(t) for p, t in rows)
-    tokens = torch.full((len(rows), width), trainer.pad_id, dtype=torch.long)
-    mask = torch.zeros(len(rows), width)
-    for r, (p, t) in enumerate(rows):
-        tokens[r, :len(p) + len(t)] = torch.tensor(p + t)
-        mask[r, len(p):len(p) + len(t)] = 1.0
-    return TrainBatch(tokens=tokens, response_mask=mask, advantages=torch.zeros(len(rows)))
+        prompts.append(list(prompt))
+        targets.append(target)
+    return pack_rows(prompts, targets, torch.zeros(len(prompts)), trainer.pad_id)
 
 
 def set_learning_rate(policy, lr: float) -> None:
@@ -112,8 +108,9 @@ def set_learning_rate(policy, lr: float) -> None:
 def warm_up(trainer, steps: int, batch_size: int, seed: int) -> None:
     """``steps`` supervised steps on the synthetic task through the policy's own train step."""
     from igrpo_megatron.algorithms.losses import sft_loss
+    from igrpo_megatron.batch import shard_for_data_parallel
     from igrpo_megatron.data.synthetic import synthetic_examples
-    from igrpo_megatron.trainer import broadcast_object, shard_for_data_parallel
+    from igrpo_megatron.models import broadcast_object
 
     rng = random.Random(seed)
     d = trainer.cfg.data
@@ -151,13 +148,14 @@ def task_accuracy(trainer, num_prompts: int, samples: int, seed: int) -> float:
             jobs.append(trainer.rollout.sample_and_score(ids, samples, item.question, item.answer))
         return await asyncio.gather(*jobs)
 
-    results = trainer.loop.run_until_complete(run())
+    results = trainer.conn.loop.run_until_complete(run())
     accuracy = [a for _, _, acc in results for a in acc]
     return sum(accuracy) / len(accuracy)
 
 
 def worker(argv: list[str]) -> None:
     """Body of each torchrun rank."""
+    from igrpo_megatron.cli.train import exit_through_close_on_sigterm
     from igrpo_megatron.config import load_config
     from igrpo_megatron.trainer import Trainer
 
@@ -171,6 +169,7 @@ def worker(argv: list[str]) -> None:
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_intermixed_args(argv)  # the launcher puts options after some overrides
     cfg = load_config(args.config, args.overrides)
+    exit_through_close_on_sigterm()
     if int(os.environ.get("RANK", "0")) == 0:
         print("[demo] building the Megatron model and starting the vLLM server (~30-60 s)", flush=True)
     with Trainer(cfg) as trainer:
@@ -216,7 +215,3 @@ def main(argv: list[str] | None = None) -> int:
     env = {"PYTHONWARNINGS": "ignore::UserWarning", **os.environ, "OMP_NUM_THREADS": "1",
            "TOKENIZERS_PARALLELISM": "false"}
     return subprocess.call(cmd, env=env)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
