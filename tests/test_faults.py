@@ -283,3 +283,36 @@ def test_full_disk_on_save_is_one_line_and_keeps_the_previous_checkpoint(hf_dir,
         assert verify.returncode == 0, verify.stderr  # the previous checkpoint is intact
     finally:
         subprocess.run(["umount", "-l", str(mnt)])
+
+
+# ------------------------------------------------------------------ one-line user errors
+
+
+def _train_cli(*args, **env) -> subprocess.CompletedProcess:
+    return _run(["-m", "igrpo_megatron.cli.train", *args], timeout=120, **env)
+
+
+def test_config_mistakes_are_one_line_before_anything_starts(tmp_path):
+    proc = _train_cli("--print-config", "data.preset=synthetic", "reward.kind=judge", "reward.judge_url=http://x:1")
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "igrpo-train: error: reward.kind=judge needs reward.judge_model (the model name the judge server serves)"]
+    missing = str(tmp_path / "models" / "qwen")
+    proc = _train_cli("--print-config", "data.preset=synthetic", f"model.hf_path={missing}")
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"igrpo-train: error: model.hf_path={missing}: no such folder; give an existing local folder or a hub "
+        f"name (org/name)"]
+    # IGRPO_DEBUG=1 shows the traceback of the same mistake.
+    proc = _train_cli("--print-config", "data.preset=synthetic", f"model.hf_path={missing}", IGRPO_DEBUG="1")
+    assert proc.returncode == 1 and "Traceback" in proc.stderr and "ConfigError" in proc.stderr
+
+
+def test_damaged_meta_json_is_one_line(ckpt, tmp_path):
+    root, iter_dir = _copy(ckpt, tmp_path)
+    meta = os.path.join(iter_dir, "meta.json")
+    for damage, expected in (('{"format_version": 1, "step": 0', "is damaged"),
+                             ('{"format_version": 1, "step": 0}', "lacks layout")):
+        with open(meta, "w") as f:
+            f.write(damage)
+        proc = convert("verify", "--ckpt", root)
+        lines = _error_lines(proc)
+        assert proc.returncode == 2 and len(lines) == 1 and expected in lines[0] and meta in lines[0], proc.stderr
