@@ -88,7 +88,8 @@ class Trainer:
         os.makedirs(self.cfg.train.output_dir, exist_ok=True)
         with open(os.path.join(self.cfg.train.output_dir, "config.yaml"), "w", encoding="utf-8") as f:
             f.write(dump_yaml(self.cfg))
-        self.logger = MetricsLogger(self.cfg.train.output_dir, tensorboard=self.cfg.train.tensorboard)
+        self.logger = MetricsLogger(self.cfg.train.output_dir, tensorboard=self.cfg.train.tensorboard,
+                                    start_step=self.step_idx)
 
     def close(self) -> None:
         if self.conn is not None:

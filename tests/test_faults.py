@@ -316,3 +316,29 @@ def test_damaged_meta_json_is_one_line(ckpt, tmp_path):
         proc = convert("verify", "--ckpt", root)
         lines = _error_lines(proc)
         assert proc.returncode == 2 and len(lines) == 1 and expected in lines[0] and meta in lines[0], proc.stderr
+
+
+# ------------------------------------------------------------------ logs after a resume
+
+
+def test_resume_leaves_one_record_per_step_and_keeps_the_superseded(tmp_path):
+    import io
+
+    from igrpo_megatron.metrics import MetricsLogger, read_metrics
+
+    crashed = MetricsLogger(str(tmp_path), tensorboard=False, stream=io.StringIO())
+    for step in range(1, 6):  # the run logged 5 steps; its last checkpoint was step 2
+        crashed.log({"step": step, "loss": float(step)})
+    crashed.close()
+    resumed = MetricsLogger(str(tmp_path), tensorboard=False, stream=io.StringIO(), start_step=2)
+    for step in (3, 4):
+        resumed.log({"step": step, "loss": 10.0 * step})
+    resumed.close()
+
+    with open(tmp_path / "metrics.jsonl") as f:
+        records = [json.loads(line) for line in f]
+    assert [(r["step"], r["loss"]) for r in records] == [(1, 1.0), (2, 2.0), (3, 30.0), (4, 40.0)]
+    assert [r["step"] for r in read_metrics(str(tmp_path))] == [1, 2, 3, 4]
+    with open(tmp_path / "metrics.jsonl.superseded") as f:
+        old = [json.loads(line) for line in f]
+    assert [(r["step"], r["loss"], r["superseded_by_resume_at"]) for r in old] == [(3, 3.0, 2), (4, 4.0, 2), (5, 5.0, 2)]
