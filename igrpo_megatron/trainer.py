@@ -23,12 +23,12 @@ from typing import Optional
 
 import torch.distributed as dist
 
-from igrpo_megatron.algorithms.igrpo import build_prompt_messages
 from igrpo_megatron.algorithms.losses import policy_loss
 from igrpo_megatron.batch import TrainBatch, build_train_batch, shard_for_data_parallel
 from igrpo_megatron.checkpoint import Checkpointer
 from igrpo_megatron.config import Config, dump_yaml, validate
-from igrpo_megatron.data import PromptIterator, format_prompt, load_prompts, load_tokenizer
+from igrpo_megatron.data import PromptIterator, load_prompts, load_tokenizer
+from igrpo_megatron.data.prompt_budget import tokenize_prompts
 from igrpo_megatron.metrics import MetricsLogger, Stopwatch, mean_over_updates, step_record
 from igrpo_megatron.models import Policy, broadcast_object, initialize_parallel, load_hf_config
 from igrpo_megatron.models.policy import optimizer_steps
@@ -57,7 +57,8 @@ class Trainer:
         check_layout(self.hf_cfg, cfg.parallel.tp, cfg.parallel.pp)
         self.tokenizer = load_tokenizer(cfg.model)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        self.prompts = PromptIterator(load_prompts(cfg.data), cfg.data.seed, cfg.data.shuffle)
+        examples, self.prompt_ids = tokenize_prompts(load_prompts(cfg.data), self.tokenizer, cfg)
+        self.prompts = PromptIterator(examples, cfg.data.seed, cfg.data.shuffle)
         self.total_steps = cfg.train.max_steps if cfg.train.max_steps is not None else (
             cfg.train.epochs * len(self.prompts.examples) // cfg.train.prompts_per_step)
         self.policy = Policy(cfg, self.hf_cfg, total_steps=optimizer_steps(cfg.train, self.total_steps))
@@ -111,9 +112,7 @@ class Trainer:
         examples = self.prompts.next_batch(self.cfg.train.prompts_per_step)
         if not self.is_driver:
             return []
-        return [TokenizedPrompt(e.id, e.question, e.answer,
-                                format_prompt(self.tokenizer, build_prompt_messages(e.question)))
-                for e in examples]
+        return [TokenizedPrompt(e.id, e.question, e.answer, self.prompt_ids[e.id]) for e in examples]
 
     def refit(self) -> Optional[RefitStats]:
         """Push the policy's weights to the rollout server as ``weight_version`` (collective);

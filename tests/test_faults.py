@@ -342,3 +342,90 @@ def test_resume_leaves_one_record_per_step_and_keeps_the_superseded(tmp_path):
     with open(tmp_path / "metrics.jsonl.superseded") as f:
         old = [json.loads(line) for line in f]
     assert [(r["step"], r["loss"], r["superseded_by_resume_at"]) for r in old] == [(3, 3.0, 2), (4, 4.0, 2), (5, 5.0, 2)]
+
+
+# ------------------------------------------------------------------ bad data, caught at load time
+
+LIMIT = 480  # rollout.max_prompt_tokens of the data tests (the tiny chat template alone is ~350)
+
+
+def _question_that_fits_stage1_only(tokenizer) -> str:
+    """A question whose stage-1 prompt fits LIMIT but whose stage-2 frame leaves no room for a draft."""
+    from igrpo_megatron.algorithms.igrpo import build_prompt_messages, refinement_frame
+    from igrpo_megatron.data import format_prompt
+
+    def lengths(q):
+        prefix, suffix = refinement_frame(
+            q, render=lambda m: tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True),
+            encode=lambda t: tokenizer.encode(t, add_special_tokens=False))
+        return len(format_prompt(tokenizer, build_prompt_messages(q))), len(prefix) + len(suffix)
+
+    for words in range(1, LIMIT):
+        q = "What is " + " plus ".join(["1"] * words) + "?"
+        stage1, frame = lengths(q)
+        if stage1 <= LIMIT and frame > LIMIT - 8:
+            return q
+    raise AssertionError("no question length fits stage 1 but not stage 2")
+
+
+def _bad_data(tmp_path, tokenizer) -> tuple[str, dict]:
+    """A jsonl file with one of each bad row between good ones; {kind: line number}."""
+    good = json.dumps({"problem": "What is 1 + 1?", "answer": "2"}).encode() + b"\n"
+    lines = {"long": json.dumps({"problem": "x " * 25000, "answer": "1"}).encode(),
+             "no_room": json.dumps({"problem": _question_that_fits_stage1_only(tokenizer), "answer": "1"}).encode(),
+             "utf8": b'{"problem": "caf\xe9 au lait?", "answer": "1"}',
+             "integer": json.dumps({"problem": 12345, "answer": "1"}).encode()}
+    path = tmp_path / "bad.jsonl"
+    body, where = [good], {}
+    for kind, line in lines.items():
+        body.append(line + b"\n")
+        where[kind] = len(body)
+        body.append(good)
+    path.write_bytes(b"".join(body))
+    return str(path), where
+
+
+def test_bad_rows_are_errors_naming_file_row_and_lengths_before_any_server(tiny_qwen2, tmp_path):
+    from transformers import AutoTokenizer
+
+    src, where = _bad_data(tmp_path, AutoTokenizer.from_pretrained(tiny_qwen2))
+    expected = {"long": "its stage-1 prompt is ", "no_room": "its stage-2 prompt without the draft is ",
+                "utf8": "field '<line>' is not valid UTF-8 (byte 0xe9", "integer": "field 'problem' is int 12345, "
+                "expected a string"}
+    with open(src, "rb") as f:
+        lines = f.readlines()
+    for kind, why in expected.items():
+        one = tmp_path / f"{kind}.jsonl"  # the good rows plus this one bad row (at line 2)
+        one.write_bytes(lines[0] + lines[where[kind] - 1] + b"".join(lines[i] for i in range(2, len(lines), 2)))
+        message = f"row 2: {why}"
+        out = tmp_path / f"run_{kind}"
+        proc = _train_cli(f"model.hf_path={tiny_qwen2}", f"data.source={one}", f"train.output_dir={out}",
+                          f"rollout.max_prompt_tokens={LIMIT}", "parallel.use_distributed_optimizer=false",
+                          "model.dtype=fp32", "train.prompts_per_step=2")
+        err = [line for line in proc.stderr.splitlines() if line.startswith("igrpo-train")]
+        assert proc.returncode == 2 and len(err) == 1 and f"{one}: {message}" in err[0], proc.stderr[-3000:]
+        assert "Traceback" not in proc.stderr
+        assert not (out / "vllm.log").exists()  # no server was started
+
+
+def test_skip_malformed_skips_every_bad_row_and_counts_them_in_one_line(tiny_qwen2, tmp_path, caplog):
+    import logging
+
+    from transformers import AutoTokenizer
+
+    from igrpo_megatron.config import Config, DataConfig, RolloutConfig
+    from igrpo_megatron.data import load_prompts_counted
+    from igrpo_megatron.data.prompt_budget import tokenize_prompts
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_qwen2)
+    src, where = _bad_data(tmp_path, tokenizer)
+    cfg = Config(data=DataConfig(source=src, skip_malformed=True),
+                 rollout=RolloutConfig(max_prompt_tokens=LIMIT, max_tokens=256, max_model_len=1024))
+    with caplog.at_level(logging.WARNING):
+        examples, skipped = load_prompts_counted(cfg.data)
+        kept, ids = tokenize_prompts(examples, tokenizer, cfg)
+    assert skipped == 2  # non-UTF-8 and integer rows, at parse time
+    assert len(kept) == 5 and all(e.question == "What is 1 + 1?" for e in kept)  # the two long ones went too
+    assert all(0 < len(ids[e.id]) <= LIMIT for e in kept)
+    assert "skipped 2 malformed rows of 9" in caplog.text
+    assert "skipped 2 of 7 prompts over the prompt budget (rollout.max_prompt_tokens=480)" in caplog.text
