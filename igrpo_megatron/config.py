@@ -24,6 +24,8 @@ from igrpo_megatron.errors import UserError
 class ConfigError(UserError, ValueError):
     """A user-facing configuration error; the message names the field and the fix."""
 
+    label = "config error"
+
 
 def opt(default: Any, help: str) -> Any:
     """A field with its default and its one-line help: what it means, its unit, the paper's value.

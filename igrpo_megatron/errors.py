@@ -10,3 +10,5 @@ its traceback.
 
 class UserError(Exception):
     """A mistake in the user's input or environment; the message says what and how to fix it."""
+
+    label = "error"  # the CLIs print "<prog>: <label>: <message>"

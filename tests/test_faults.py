@@ -295,11 +295,11 @@ def _train_cli(*args, **env) -> subprocess.CompletedProcess:
 def test_config_mistakes_are_one_line_before_anything_starts(tmp_path):
     proc = _train_cli("--print-config", "data.preset=synthetic", "reward.kind=judge", "reward.judge_url=http://x:1")
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
-        "igrpo-train: error: reward.kind=judge needs reward.judge_model (the model name the judge server serves)"]
+        "igrpo-train: config error: reward.kind=judge needs reward.judge_model (the model name the judge server serves)"]
     missing = str(tmp_path / "models" / "qwen")
     proc = _train_cli("--print-config", "data.preset=synthetic", f"model.hf_path={missing}")
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
-        f"igrpo-train: error: model.hf_path={missing}: no such folder; give an existing local folder or a hub "
+        f"igrpo-train: config error: model.hf_path={missing}: no such folder; give an existing local folder or a hub "
         f"name (org/name)"]
     # IGRPO_DEBUG=1 shows the traceback of the same mistake.
     proc = _train_cli("--print-config", "data.preset=synthetic", f"model.hf_path={missing}", IGRPO_DEBUG="1")

@@ -1,7 +1,7 @@
 """The one way every igrpo-* command ends: a user's mistake is one line and exit 2, a bug a traceback.
 
 A :class:`~igrpo_megatron.errors.UserError` (config, data, model path, damaged checkpoint,
-unreachable server, full disk) prints as ``<prog>: error: <first line of the message>`` on rank 0
+unreachable server, full disk) prints as ``<prog>: <label>: <first line of the message>`` on rank 0
 only (under torchrun every rank hits the same mistake; one line is enough), exit code 2. Any
 other exception is the project's own bug and keeps its traceback; ``IGRPO_DEBUG=1`` shows the
 traceback of user errors too.
@@ -28,5 +28,5 @@ def run_cli(prog: str, body: Callable[[Optional[Sequence[str]]], Optional[int]],
             raise
         if int(os.environ.get("RANK", "0")) == 0:
             lines = str(e).strip().splitlines() or [type(e).__name__]
-            print(f"{prog}: error: {lines[0]}", file=sys.stderr)
+            print(f"{prog}: {e.label}: {lines[0]}", file=sys.stderr)
         return USER_ERROR_EXIT
