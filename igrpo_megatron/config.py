@@ -18,9 +18,13 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
+from igrpo_megatron.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A user-facing configuration error; the message names the field and the fix."""
+
+    label = "config error"
 
 
 def opt(default: Any, help: str) -> Any:
@@ -36,6 +40,11 @@ def opt(default: Any, help: str) -> Any:
 def _require(cond: bool, msg: str) -> None:
     if not cond:
         raise ConfigError(msg)
+
+
+def _looks_local(path: Optional[str]) -> bool:
+    """A path that cannot be a hub name ("org/name"): absolute, ~ or ./-relative, or deeper than org/name."""
+    return bool(path) and (path.startswith(("/", "~", ".")) or path.count("/") > 1)
 
 
 class Section:
@@ -74,6 +83,10 @@ class ModelConfig(Section):
     def validate(self) -> None:
         if self.fp8 is not None:
             _require(self.dtype == "bf16", "model.fp8 needs model.dtype=bf16 (FP8 keeps bf16 master compute)")
+        for name in ("hf_path", "tokenizer_path"):
+            path = getattr(self, name)
+            _require(not _looks_local(path) or os.path.exists(os.path.expanduser(path)),
+                     f"model.{name}={path}: no such folder; give an existing local folder or a hub name (org/name)")
 
 
 @dataclass
@@ -204,6 +217,8 @@ class RewardConfig(Section):
     def validate(self) -> None:
         _require(self.kind != "judge" or bool(self.judge_url),
                  "reward.kind=judge needs reward.judge_url (an OpenAI-compatible endpoint)")
+        _require(self.kind != "judge" or bool(self.judge_model),
+                 "reward.kind=judge needs reward.judge_model (the model name the judge server serves)")
 
 
 @dataclass

@@ -182,13 +182,16 @@ def step_record(groups: Sequence["PromptRollout"], num_drafts: int, batch_info: 
 class MetricsLogger:
     """Append one JSON record per step to ``run_dir/metrics.jsonl``; mirror to TensorBoard if installed.
 
-    Appending (not truncating) keeps the history of a resumed run in one file; records of steps
-    that are repeated after a resume appear twice, and readers keep the last one per step.
+    Appending (not truncating) keeps the history of a resumed run in one file. A run that starts
+    at ``start_step`` (the step of the checkpoint it resumed from) will log the steps after it
+    again, so the records of those steps, written by the run that crashed, move to
+    ``metrics.jsonl.superseded`` first: the file holds one record per step, and nothing is lost.
     """
 
-    def __init__(self, run_dir: str, tensorboard: bool = True, stream=None):
+    def __init__(self, run_dir: str, tensorboard: bool = True, stream=None, start_step: int = 0):
         os.makedirs(run_dir, exist_ok=True)
         self.path = os.path.join(run_dir, "metrics.jsonl")
+        supersede_records_after(self.path, start_step)
         self._file = open(self.path, "a", encoding="utf-8")
         self._stream = stream or sys.stdout
         self._tb = None
@@ -218,6 +221,29 @@ class MetricsLogger:
         self._file.close()
         if self._tb is not None:
             self._tb.close()
+
+
+def supersede_records_after(path: str, step: int) -> int:
+    """Move the records of steps after ``step`` from ``path`` to ``path.superseded`` (appended, each
+    marked with when it was superseded); returns how many moved."""
+    if not os.path.exists(path):
+        return 0
+    with open(path, encoding="utf-8") as f:
+        lines = [line for line in f if line.strip()]
+    keep = [line for line in lines if int(json.loads(line)["step"]) <= step]
+    moved = [line for line in lines if int(json.loads(line)["step"]) > step]
+    if moved:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+        with open(path + ".superseded", "a", encoding="utf-8") as f:
+            f.writelines(json.dumps({**json.loads(line), "superseded_at": stamp, "superseded_by_resume_at": step},
+                                    sort_keys=True) + "\n" for line in moved)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp = f"{path}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(keep)
+        os.replace(tmp, path)
+    return len(moved)
 
 
 def progress_line(r: dict) -> str:

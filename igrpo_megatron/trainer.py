@@ -24,13 +24,13 @@ from typing import Optional
 
 import torch.distributed as dist
 
-from igrpo_megatron.algorithms.igrpo import build_prompt_messages
 from igrpo_megatron.algorithms.losses import policy_loss
 from igrpo_megatron.batch import TrainBatch, build_train_batch, shard_for_data_parallel
 from igrpo_megatron.checkpoint import Checkpointer
 from igrpo_megatron.config import Config, dump_yaml, validate
-from igrpo_megatron.data import PromptIterator, format_prompt, load_prompts, load_tokenizer
+from igrpo_megatron.data import PromptIterator, load_prompts, load_tokenizer
 from igrpo_megatron.data.chat import resolve_think_prefill
+from igrpo_megatron.data.prompt_budget import tokenize_prompts
 from igrpo_megatron.metrics import MetricsLogger, Stopwatch, mean_over_updates, step_record
 from igrpo_megatron.models import Policy, broadcast_object, initialize_parallel, load_hf_config
 from igrpo_megatron.models.policy import optimizer_steps
@@ -62,7 +62,8 @@ class Trainer:
         self.tokenizer = load_tokenizer(cfg.model)
         cfg = self.cfg = dataclasses.replace(cfg, reward=resolve_think_prefill(cfg.reward, self.tokenizer))
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        self.prompts = PromptIterator(load_prompts(cfg.data), cfg.data.seed, cfg.data.shuffle)
+        examples, self.prompt_ids = tokenize_prompts(load_prompts(cfg.data), self.tokenizer, cfg)
+        self.prompts = PromptIterator(examples, cfg.data.seed, cfg.data.shuffle)
         self.total_steps = cfg.train.max_steps if cfg.train.max_steps is not None else (
             cfg.train.epochs * len(self.prompts.examples) // cfg.train.prompts_per_step)
         self.policy = Policy(cfg, self.hf_cfg, total_steps=optimizer_steps(cfg.train, self.total_steps))
@@ -93,7 +94,8 @@ class Trainer:
         os.makedirs(self.cfg.train.output_dir, exist_ok=True)
         with open(os.path.join(self.cfg.train.output_dir, "config.yaml"), "w", encoding="utf-8") as f:
             f.write(dump_yaml(self.cfg))
-        self.logger = MetricsLogger(self.cfg.train.output_dir, tensorboard=self.cfg.train.tensorboard)
+        self.logger = MetricsLogger(self.cfg.train.output_dir, tensorboard=self.cfg.train.tensorboard,
+                                    start_step=self.step_idx)
         t = self.cfg.train
         self.samples = SampleLog(t.output_dir, self.tokenizer, t.samples_fraction, t.samples_token_ids, t.seed)
 
@@ -117,10 +119,7 @@ class Trainer:
         examples = self.prompts.next_batch(self.cfg.train.prompts_per_step)
         if not self.is_driver:
             return []
-        d = self.cfg.data
-        return [TokenizedPrompt(e.id, e.question, e.answer, format_prompt(
-                    self.tokenizer, build_prompt_messages(e.question, d.system_prompt, d.user_suffix)))
-                for e in examples]
+        return [TokenizedPrompt(e.id, e.question, e.answer, self.prompt_ids[e.id]) for e in examples]
 
     def refit(self) -> Optional[RefitStats]:
         """Push the policy's weights to the rollout server as ``weight_version`` (collective);

@@ -20,12 +20,9 @@ from igrpo_megatron.checkpoint.directory import (
     prune,
     step_of,
 )
-from igrpo_megatron.checkpoint.dist_checkpoint import (
-    CheckpointError,
-    _check_common_file_is_safe,
-    _sharded_objects_weights_only,
-    resolve_checkpoint,
-)
+from igrpo_megatron.checkpoint.directory import CheckpointError
+from igrpo_megatron.checkpoint.dist_checkpoint import resolve_checkpoint
+from igrpo_megatron.checkpoint.safe_unpickle import check_common_file, sharded_objects_weights_only
 from igrpo_megatron.checkpoint.rng import load_rng_state, save_rng_state
 
 
@@ -120,10 +117,10 @@ def test_common_file_that_needs_unpickling_code_is_refused(tmp_path, monkeypatch
     monkeypatch.setenv("IGRPO_TEST_PWNED", str(marker))
     torch.save({"optimizer": _RunsCode()}, tmp_path / "common.pt")
     with pytest.raises(CheckpointError, match="weights_only"):
-        _check_common_file_is_safe(str(tmp_path))
+        check_common_file(str(tmp_path))
     assert not marker.exists()
     torch.save({"optimizer": {"param_groups": [{"lr": 1e-3, "betas": (0.9, 0.999)}]}}, tmp_path / "common.pt")
-    _check_common_file_is_safe(str(tmp_path))  # plain containers and numbers load
+    check_common_file(str(tmp_path))  # plain containers and numbers load
 
 
 def test_pickled_sharded_object_that_runs_code_is_refused(tmp_path, monkeypatch):
@@ -136,7 +133,7 @@ def test_pickled_sharded_object_that_runs_code_is_refused(tmp_path, monkeypatch)
     torch.save(_RunsCode(), blob)
     blob.seek(0)
     entry = types.SimpleNamespace(dest_index=types.SimpleNamespace(fqn="decoder.layers.mlp._extra_state"))
-    with _sharded_objects_weights_only(), pytest.raises(CheckpointError, match="_extra_state"):
+    with sharded_objects_weights_only(), pytest.raises(CheckpointError, match="_extra_state"):
         DefaultLoadPlanner.load_bytes(DefaultLoadPlanner(), entry, blob)
     assert not marker.exists()
     assert DefaultLoadPlanner.load_bytes is original  # only patched during a load

@@ -115,6 +115,15 @@ def build_refinement_messages(question: str, draft: str, system_prompt: Optional
 # ------------------------------------------------------------------------------ prompt budget
 
 
+MIN_DRAFT_ROOM = 2  # a cut draft keeps at least its first and its last token
+
+
+def draft_budget(prompt_len: int, max_prompt_tokens: int, max_draft_tokens: Optional[int] = None) -> int:
+    """Tokens a draft may take in a refinement prompt whose other tokens number ``prompt_len``."""
+    budget = max_prompt_tokens - prompt_len
+    return budget if max_draft_tokens is None else min(budget, max_draft_tokens)
+
+
 def fit_draft(draft_token_ids: Sequence[int], prompt_len: int, max_prompt_tokens: int, *,
               elision_ids: Sequence[int], max_draft_tokens: Optional[int] = None,
               head_fraction: float = 0.25) -> list[int]:
@@ -128,14 +137,12 @@ def fit_draft(draft_token_ids: Sequence[int], prompt_len: int, max_prompt_tokens
     its approach; the middle (long exploratory reasoning) is what a reader can best lose. The marker
     tells the model text is missing, so it does not mistake the cut for a reasoning gap to "fix".
     """
-    budget = max_prompt_tokens - prompt_len
-    if max_draft_tokens is not None:
-        budget = min(budget, max_draft_tokens)
+    budget = draft_budget(prompt_len, max_prompt_tokens, max_draft_tokens)
     draft = list(draft_token_ids)
     if len(draft) <= budget:
         return draft
     room = budget - len(elision_ids)
-    if room < 2:
+    if room < MIN_DRAFT_ROOM:
         raise ValueError(
             f"no room for the draft: the refinement prompt without it takes {prompt_len} of "
             f"{max_prompt_tokens} tokens (draft budget {budget}, elision marker {len(elision_ids)}); "
@@ -144,6 +151,19 @@ def fit_draft(draft_token_ids: Sequence[int], prompt_len: int, max_prompt_tokens
     head = max(1, int(room * head_fraction))
     tail = room - head
     return draft[:head] + list(elision_ids) + draft[len(draft) - tail:]
+
+
+def refinement_frame(question: str, *, render: Callable[[Messages], str], encode: Callable[[str], list[int]],
+                     system_prompt: Optional[str] = None,
+                     template: RefinementTemplate = DEFAULT_TEMPLATE) -> tuple[list[int], list[int]]:
+    """The stage-2 prompt's token ids before and after the draft (see :func:`refinement_prompt_ids`)."""
+    placeholder = "<<IGRPO_DRAFT_PLACEHOLDER>>"
+    text = render(build_refinement_messages(question, placeholder, system_prompt, template))
+    if text.count(placeholder) != 1:
+        raise ValueError("the chat template did not keep the draft placeholder exactly once; "
+                         "refinement_prompt_ids needs a template that renders message content verbatim")
+    before, after = text.split(placeholder)
+    return encode(before), encode(after)
 
 
 def refinement_prompt_ids(question: str, draft_token_ids: Sequence[int], *,
@@ -159,13 +179,8 @@ def refinement_prompt_ids(question: str, draft_token_ids: Sequence[int], *,
     placeholder, the text on either side is encoded, and the fitted draft goes between -- so the
     length is exact, and the model conditions on the very tokens it produced in stage 1.
     """
-    placeholder = "<<IGRPO_DRAFT_PLACEHOLDER>>"
-    text = render(build_refinement_messages(question, placeholder, system_prompt, template))
-    if text.count(placeholder) != 1:
-        raise ValueError("the chat template did not keep the draft placeholder exactly once; "
-                         "refinement_prompt_ids needs a template that renders message content verbatim")
-    before, after = text.split(placeholder)
-    prefix, suffix = encode(before), encode(after)
+    prefix, suffix = refinement_frame(question, render=render, encode=encode, system_prompt=system_prompt,
+                                      template=template)
     fitted = fit_draft(draft_token_ids, len(prefix) + len(suffix), max_prompt_tokens,
                        elision_ids=encode(template.elision), max_draft_tokens=max_draft_tokens)
     return prefix + fitted + suffix

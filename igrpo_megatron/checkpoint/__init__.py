@@ -4,13 +4,14 @@ The trainer holds a :class:`Checkpointer`, which decides when to save (:func:`sa
 and, at start-up, what to resume from (:func:`find_latest` + :func:`load_checkpoint`).
 """
 from igrpo_megatron.checkpoint.checkpointer import Checkpointer, Resumed
-from igrpo_megatron.checkpoint.directory import complete_checkpoints, find_latest
+from igrpo_megatron.checkpoint.directory import CheckpointError, complete_checkpoints, find_latest
 from igrpo_megatron.checkpoint.dist_checkpoint import (
-    CheckpointError,
     LoadedCheckpoint,
     load_checkpoint,
+    read_meta,
     resolve_checkpoint,
     save_checkpoint,
+    verify_checkpoint,
 )
 
 __all__ = [
@@ -21,6 +22,8 @@ __all__ = [
     "complete_checkpoints",
     "find_latest",
     "load_checkpoint",
+    "read_meta",
     "resolve_checkpoint",
     "save_checkpoint",
+    "verify_checkpoint",
 ]

@@ -20,10 +20,17 @@ import re
 import shutil
 from typing import Optional
 
+from igrpo_megatron.errors import UserError
+
 LATEST_FILE = "latest"
 TMP_SUFFIX = ".tmp"
 META_FILE = "meta.json"  # written last into the .tmp folder; its presence marks our own checkpoints
 _ITER_RE = re.compile(r"^iter_(\d{7,})$")
+
+
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint cannot be loaded as asked (missing, damaged, foreign or unsafe); the message
+    names the folder or file and what to change."""
 
 
 def iter_dir_name(step: int) -> str:

@@ -18,36 +18,29 @@ TP / PP / DP layout. megatron-core cannot convert optimizer state between the di
 plain optimizer: :func:`load_checkpoint` refuses that (and a checkpoint saved without optimizer)
 up front and points at ``load_optimizer=False`` (``train.load_optimizer``).
 
-What loading unpickles. Everything this module writes itself is JSON or safetensors. Of Megatron's
-files, ``common.pt`` (non-tensor optimizer state such as param groups) is read by Megatron with a
-bare ``torch.load(path, map_location='cpu')``, i.e. ``weights_only=True`` by default since torch 2.6
-(unless the environment sets ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``); :func:`load_checkpoint` checks
-that file with ``weights_only=True`` itself before Megatron opens it, so a file that would need
-arbitrary unpickling is refused either way. Megatron's ``ShardedObject`` entries (the layers'
-``_extra_state``: ``None`` with the local spec, FP8 scaling state with Transformer Engine) sit
-in the shards as pickled bytes that torch's load planner opens with ``weights_only=False``; during
-:func:`load_checkpoint` each is first opened with ``weights_only=True`` and refused if that fails.
-What remains is the ``.metadata`` index of torch's distributed checkpoint format, a pickle torch
-reads with ``pickle.load`` (only torch's own metadata classes in files torch wrote): as with any
-torch DCP checkpoint, load checkpoints from a trusted location.
+Loading executes nothing from the checkpoint (:mod:`.safe_unpickle`) and loads nothing damaged:
+every file's checksum is recorded in ``meta.json`` at save and checked before Megatron reads a
+byte (:mod:`.integrity`). The megatron-core 0.16.1 work-arounds of the optimizer state live in
+:mod:`.mcore_compat`.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
-import torch
 import torch.distributed as dist
 import yaml
 
+from igrpo_megatron.checkpoint import integrity
 from igrpo_megatron.checkpoint.directory import (
     META_FILE,
     TMP_SUFFIX,
+    CheckpointError,
     commit,
     find_latest,
     iter_dir_name,
@@ -55,7 +48,9 @@ from igrpo_megatron.checkpoint.directory import (
     prune,
     step_of,
 )
+from igrpo_megatron.checkpoint.mcore_compat import load_optimizer_state, prime_empty_adam_state
 from igrpo_megatron.checkpoint.rng import load_rng_state, rng_file, save_rng_state
+from igrpo_megatron.checkpoint.safe_unpickle import check_common_file, read_dcp_metadata, safe_unpickling
 
 logger = logging.getLogger(__name__)
 
@@ -66,10 +61,6 @@ DISTRIBUTED_OPTIM_FORMAT = "fully_reshardable"
 # Test hook: at the named point rank 0 SIGKILLs its process group, i.e. itself and the helper
 # processes dist_checkpointing's writer forks (simulates a node dying in the middle of a save).
 FAULT_ENV = "IGRPO_CKPT_FAULT"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be loaded as asked; the message names the folder and what to change."""
 
 
 @dataclass(frozen=True)
@@ -114,69 +105,6 @@ def _is_distributed_optimizer(optimizer) -> bool:
     return any(isinstance(o, DistributedOptimizer) for o in inner)
 
 
-def _prime_empty_adam_state(optimizer) -> None:
-    """Give a fresh torch Adam inside Megatron's DistributedOptimizer its (zero) state.
-
-    Without apex or Transformer Engine, megatron-core 0.16.1's ``DistributedOptimizer.state_dict()``
-    reads torch Adam's per-parameter ``step`` and asserts there is exactly one value, so it fails
-    on an optimizer that has not stepped yet: i.e. when loading into a freshly built one, or
-    saving step 0. The state written here is exactly what torch Adam creates on its first step.
-    """
-    from megatron.core.optimizer.distrib_optimizer import HAVE_APEX_OR_TE, DistributedOptimizer
-
-    if HAVE_APEX_OR_TE:
-        return
-    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
-        inner = getattr(opt, "optimizer", None)
-        if not isinstance(opt, DistributedOptimizer) or not isinstance(inner, torch.optim.Adam) or inner.state:
-            continue
-        for group in inner.param_groups:
-            for p in group["params"]:
-                inner.state[p] = {"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(p),
-                                  "exp_avg_sq": torch.zeros_like(p)}
-
-
-def _load_optimizer_state(optimizer, state: dict) -> None:
-    """``optimizer.load_state_dict(state)``, working around two megatron-core 0.16.1 defects of
-    the torch-Adam path (taken when neither apex nor Transformer Engine is installed):
-
-    - ``DistributedOptimizer.load_state_dict`` restores Adam's ``step`` from the param groups,
-      then copies every per-parameter state tensor from the checkpoint including ``step``, which
-      the reshardable formats do not store (KeyError). During the load, only the tensors the
-      checkpoint has are copied.
-    - it gives every parameter the *same* ``step`` tensor; torch Adam increments each
-      parameter's step in place, so the shared counter would advance once per parameter per
-      step and change the bias correction. Each parameter gets its own copy afterwards.
-    """
-    from megatron.core.optimizer.distrib_optimizer import HAVE_APEX_OR_TE, DistributedOptimizer
-
-    if HAVE_APEX_OR_TE:
-        optimizer.load_state_dict(state)
-        return
-    original = DistributedOptimizer._set_main_param_and_optimizer_states
-
-    def set_present_states(self, model_param, tensors):
-        if "step" in tensors or self.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8:
-            return original(self, model_param, tensors)
-        group_index, group_order = self.model_param_group_index_map[model_param]
-        main_param = self.optimizer.param_groups[group_index]["params"][group_order]
-        dst = {"param": main_param, **self.optimizer.state[main_param]}
-        for key, value in tensors.items():
-            dst[key].copy_(value)
-
-    DistributedOptimizer._set_main_param_and_optimizer_states = set_present_states
-    try:
-        optimizer.load_state_dict(state)
-    finally:
-        DistributedOptimizer._set_main_param_and_optimizer_states = original
-    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
-        inner = getattr(opt, "optimizer", None)
-        if isinstance(inner, torch.optim.Optimizer):
-            for param_state in inner.state.values():
-                if isinstance(param_state.get("step"), torch.Tensor):
-                    param_state["step"] = param_state["step"].clone()
-
-
 def _layout(optimizer) -> dict:
     from megatron.core import parallel_state as ps
 
@@ -192,7 +120,7 @@ def _layout(optimizer) -> dict:
 def _sharded_state_dict(model, optimizer, is_loading: bool) -> dict:
     state = {"model": model.sharded_state_dict()}
     if optimizer is not None:
-        _prime_empty_adam_state(optimizer)
+        prime_empty_adam_state(optimizer)
         state["optimizer"] = optimizer.sharded_state_dict(
             state["model"],
             is_loading=is_loading,
@@ -229,6 +157,109 @@ def _write_json(path: str, obj: Any) -> None:
         os.fsync(f.fileno())
 
 
+def _checksum_own_files(tmp: str, rank: int) -> dict:
+    """Each rank sums the files it wrote (still in its page cache); rank 0 gets every sum and adds
+    the files no rank claimed (Megatron's common files, config.yaml). Collective."""
+    own = integrity.checksums(tmp, integrity.files_written_by(rank, integrity.all_files(tmp)))
+    gathered = [None] * dist.get_world_size() if rank == 0 else None
+    dist.gather_object(own, gathered, dst=0)
+    if rank != 0:
+        return {}
+    sums = {name: digest for part in gathered for name, digest in part.items()}
+    sums.update(integrity.checksums(tmp, [n for n in integrity.all_files(tmp) if n not in sums]))
+    return sums
+
+
+def _verify_checksums(ckpt_dir: str, meta: dict) -> None:
+    """Check every recorded file, the ranks sharing them round-robin (collective); raise on all
+    ranks if any is damaged."""
+    recorded = meta.get("checksums")
+    if recorded is None:
+        if dist.get_rank() == 0:
+            logger.warning("%s records no checksums (saved by an older igrpo_megatron); its files are not verified",
+                           ckpt_dir)
+        return
+    names = sorted(recorded.get("files", {}))[dist.get_rank()::dist.get_world_size()]
+    problems = [None] * dist.get_world_size()
+    dist.all_gather_object(problems, integrity.mismatches(ckpt_dir, recorded, names))
+    integrity.raise_if_damaged(ckpt_dir, sorted(p for part in problems for p in part))
+
+
+def _write(tmp: str, step: int, model, optimizer, scheduler, extra_state: dict, config) -> None:
+    """Everything of checkpoint ``step`` into its ``.tmp`` folder (collective)."""
+    from megatron.core import dist_checkpointing
+
+    rank = dist.get_rank()
+    state = _sharded_state_dict(model, optimizer, is_loading=False)
+    dist_checkpointing.save(state, tmp, sharded_strategy=_save_strategy())
+    _fault_point("after_shards")
+    save_rng_state(tmp, rank)
+    if rank == 0 and config is not None:
+        from igrpo_megatron.config import dump_yaml
+
+        with open(os.path.join(tmp, CONFIG_FILE), "w", encoding="utf-8") as f:
+            f.write(dump_yaml(config))
+    sums = _checksum_own_files(tmp, rank)
+    if rank == 0:
+        layout = _layout(optimizer)
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "step": step,
+            "layout": layout,
+            "optimizer_format": None if optimizer is None else
+            DISTRIBUTED_OPTIM_FORMAT if layout["distributed_optimizer"] else "model_space",
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "extra_state": extra_state,
+            "checksums": integrity.record(sums),
+        }
+        _write_json(os.path.join(tmp, META_FILE), meta)
+
+
+def _os_error_in(error: BaseException) -> Optional[OSError]:
+    """The OSError behind ``error``: its causes, and the per-rank failures torch's
+    ``CheckpointException`` gathers."""
+    stack, seen = [error], set()
+    while stack:
+        e = stack.pop()
+        if not isinstance(e, BaseException) or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError):
+            return e
+        stack += [e.__cause__, e.__context__]
+        for failure in getattr(e, "failures", {}).values():  # (exception, traceback) per rank
+            stack += [x for x in (failure if isinstance(failure, tuple) else (failure,))
+                      if isinstance(x, BaseException)]
+    return None
+
+
+def _disk_full(path: str) -> bool:
+    """Less than 1 % or 64 MiB free: torch's writer reports a full disk as ``RuntimeError: Worker
+    failure: [enforce fail at inline_container.cc] unexpected pos``, with no errno to look at."""
+    usage = shutil.disk_usage(path)
+    return usage.free < min(64 << 20, usage.total // 100) or usage.free < 1 << 20
+
+
+def _save_failed(ckpt_root: str, step: int, error: BaseException) -> BaseException:
+    """A failed save as one line when the file system refused it (full disk, quota, permissions);
+    anything else is returned as it was."""
+    os_error = _os_error_in(error)
+    full = _disk_full(ckpt_root)
+    if os_error is None and not full and dist.get_rank() == 0:
+        return error
+    previous = find_latest(ckpt_root)
+    kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
+    if full:
+        reason = f"no space left on device ({shutil.disk_usage(ckpt_root).free / 2**20:.1f} MiB free)"
+    elif os_error is not None:
+        reason = os_error.strerror or str(os_error)
+    else:  # another rank's file system failed; rank 0 says which
+        reason = "the failure was on another rank"
+    return CheckpointError(f"saving checkpoint {step} under {ckpt_root} failed: {reason}; its unfinished folder "
+                           f"is removed and {kept}. Free space (fewer train.keep_last) or use another "
+                           f"train.output_dir")
+
+
 # --------------------------------------------------------------------------------------- save
 
 
@@ -256,8 +287,6 @@ def save_checkpoint(
     The folder is written as ``iter_XXXXXXX.tmp`` and renamed once every rank has finished, then
     ``latest`` is updated: a crash at any point leaves the previous checkpoint loadable.
     """
-    from megatron.core import dist_checkpointing
-
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
     extra_state = dict(extra_state or {})
@@ -273,27 +302,17 @@ def save_checkpoint(
         prepare_tmp_dir(ckpt_root, step)
     dist.barrier()
 
-    state = _sharded_state_dict(model, optimizer, is_loading=False)
-    dist_checkpointing.save(state, tmp, sharded_strategy=_save_strategy())
-    _fault_point("after_shards")
-    save_rng_state(tmp, rank)
-    if rank == 0:
-        if config is not None:
-            from igrpo_megatron.config import dump_yaml
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
 
-            with open(os.path.join(tmp, CONFIG_FILE), "w", encoding="utf-8") as f:
-                f.write(dump_yaml(config))
-        layout = _layout(optimizer)
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "step": step,
-            "layout": layout,
-            "optimizer_format": None if optimizer is None else
-            DISTRIBUTED_OPTIM_FORMAT if layout["distributed_optimizer"] else "model_space",
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "extra_state": extra_state,
-        }
-        _write_json(os.path.join(tmp, META_FILE), meta)
+    try:
+        _write(tmp, step, model, optimizer, scheduler, extra_state, config)
+    except (Exception, CheckpointException) as e:
+        failure = _save_failed(ckpt_root, step, e)  # before the clean-up frees space again
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)  # a full disk stays full otherwise
+        if failure is e:
+            raise
+        raise failure from e
     dist.barrier()  # every rank's shards and RNG file are on disk
 
     final = tmp[: -len(TMP_SUFFIX)]
@@ -322,6 +341,41 @@ def resolve_checkpoint(path: str) -> str:
     return latest
 
 
+def read_meta(ckpt_dir: str) -> dict:
+    """``meta.json`` of a checkpoint folder, refused in one line when damaged or foreign."""
+    path = os.path.join(ckpt_dir, META_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path} is damaged ({e}); restore it or load an earlier checkpoint") from e
+    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+        found = meta.get("format_version") if isinstance(meta, dict) else type(meta).__name__
+        raise CheckpointError(f"{path}: format_version {found} is not {FORMAT_VERSION}; it was written by another "
+                              f"version of igrpo_megatron, or is not one of its checkpoints")
+    missing = [k for k in ("step", "layout") if k not in meta]
+    if missing:
+        raise CheckpointError(f"{path} lacks {', '.join(missing)}; it is damaged: restore it or load an earlier "
+                              f"checkpoint")
+    return meta
+
+
+def verify_checkpoint(path: str) -> tuple[str, int, int]:
+    """Check a checkpoint without loading it (one process, no torch.distributed): every recorded
+    checksum, and that its pickles would be admitted. Returns ``(folder, files, bytes)`` checked;
+    raises :class:`CheckpointError` naming the first damaged file (and how many more)."""
+    ckpt_dir = resolve_checkpoint(path)
+    recorded = read_meta(ckpt_dir).get("checksums")
+    if recorded is None:
+        raise CheckpointError(f"{ckpt_dir} records no checksums (saved by an older igrpo_megatron); it cannot be "
+                              f"verified, only loaded")
+    integrity.raise_if_damaged(ckpt_dir, integrity.mismatches(ckpt_dir, recorded))
+    read_dcp_metadata(ckpt_dir)
+    check_common_file(ckpt_dir)
+    files = recorded["files"]
+    return ckpt_dir, len(files), sum(os.path.getsize(os.path.join(ckpt_dir, n)) for n in files)
+
+
 def _check_optimizer_loadable(ckpt_dir: str, meta: dict, now: dict) -> None:
     """Refuse, with the way out, the optimizer loads megatron-core cannot do."""
     then = meta["layout"]
@@ -336,42 +390,6 @@ def _check_optimizer_loadable(ckpt_dir: str, meta: dict, now: dict) -> None:
             f"parallel.use_distributed_optimizer={str(then['distributed_optimizer']).lower()}, or load with "
             f"load_optimizer=False (train.load_optimizer=false: fresh Adam moments)"
         )
-
-
-@contextlib.contextmanager
-def _sharded_objects_weights_only():
-    """Open every pickled ``ShardedObject`` with ``weights_only=True`` before torch's planner
-    unpickles it without that restriction (see the module docstring)."""
-    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
-
-    original = DefaultLoadPlanner.load_bytes
-
-    def load_bytes(self, read_item, value):
-        try:
-            torch.load(value, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - any unpickling refusal becomes one clear message
-            raise CheckpointError(f"checkpoint entry {read_item.dest_index.fqn} cannot be loaded with "
-                                  f"torch.load(weights_only=True) ({e}); refusing to unpickle it") from e
-        value.seek(0)
-        original(self, read_item, value)
-
-    DefaultLoadPlanner.load_bytes = load_bytes
-    try:
-        yield
-    finally:
-        DefaultLoadPlanner.load_bytes = original
-
-
-def _check_common_file_is_safe(ckpt_dir: str) -> None:
-    """Refuse a ``common.pt`` that needs arbitrary unpickling before Megatron's bare torch.load sees it."""
-    path = os.path.join(ckpt_dir, "common.pt")
-    try:
-        torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as e:
-        raise CheckpointError(f"{ckpt_dir} has no common.pt; it is not a complete Megatron dist checkpoint") from e
-    except Exception as e:  # noqa: BLE001 - any unpickling refusal becomes one clear message
-        raise CheckpointError(f"{path} cannot be loaded with torch.load(weights_only=True) ({e}); "
-                              f"refusing to unpickle it") from e
 
 
 def load_checkpoint(
@@ -398,28 +416,24 @@ def load_checkpoint(
     from megatron.core.dist_checkpointing.validation import StrictHandling
 
     ckpt_dir = resolve_checkpoint(path)
-    with open(os.path.join(ckpt_dir, META_FILE), encoding="utf-8") as f:
-        meta = json.load(f)
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{ckpt_dir}: format_version {meta.get('format_version')} is not "
-                              f"{FORMAT_VERSION}; it was written by another version of igrpo_megatron")
+    meta = read_meta(ckpt_dir)
     model = _single_chunk(model_chunks)
     now = _layout(optimizer)
     with_optimizer = optimizer is not None and load_optimizer
     if with_optimizer:
         _check_optimizer_loadable(ckpt_dir, meta, now)
-    _check_common_file_is_safe(ckpt_dir)
+    _verify_checksums(ckpt_dir, meta)
 
     state = _sharded_state_dict(model, optimizer if with_optimizer else None, is_loading=True)
     # Megatron's "unexpected" = asked for but absent from the checkpoint; keys the checkpoint has
     # but we do not ask for (optimizer state under load_optimizer=False) are always fine.
-    with _sharded_objects_weights_only():
+    with safe_unpickling(ckpt_dir):
         loaded = dist_checkpointing.load(
             state, ckpt_dir, strict=StrictHandling.RAISE_UNEXPECTED if strict else StrictHandling.LOG_UNEXPECTED
         )
     model.load_state_dict(loaded["model"], strict=strict)
     if with_optimizer:
-        _load_optimizer_state(optimizer, loaded["optimizer"])
+        load_optimizer_state(optimizer, loaded["optimizer"])
     elif optimizer is not None:
         optimizer.reload_model_params()
     if scheduler is not None and meta.get("scheduler") is not None:

@@ -3,11 +3,13 @@
     igrpo-convert from-hf --hf HF_DIR --out CKPT_DIR [--tp T --pp P] [--dtype fp32|bf16|fp16] [--force]
     igrpo-convert to-hf --ckpt CKPT_DIR --out HF_DIR [--base-hf HF_DIR] [--dtype ...]
                         [--max-shard-size 2GB] [--force]
+    igrpo-convert verify --ckpt CKPT_DIR
 
 Both run in one plain process (no torchrun, no GPU). The checkpoint stores global tensors and
 reshards on load, so training loads it at any TP x PP the model's shape allows; from-hf's --tp and
 --pp check the layout you will train at against the model (heads, key/value heads, layers) now.
-to-hf accepts a from-hf checkpoint or a training checkpoint (root folder or one ``iter_*``).
+to-hf accepts a from-hf checkpoint or a training checkpoint (root folder or one ``iter_*``), and
+checks every file's checksum before it reads one; verify does only that check (no model is built).
 """
 from __future__ import annotations
 
@@ -18,6 +20,9 @@ import shutil
 import sys
 
 from tqdm import tqdm
+
+from igrpo_megatron.cli.runner import run_cli
+from igrpo_megatron.errors import UserError
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)\s*$", re.I)
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -60,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=dtypes, help="dtype of the written weights (default: the checkpoint's)")
     p.add_argument("--max-shard-size", type=parse_size, default="2GB", help="largest safetensors shard (default 2GB)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
+
+    p = sub.add_parser("verify", help="check a checkpoint's files against their saved checksums (loads nothing)")
+    p.add_argument("--ckpt", required=True, help="checkpoint root (uses its latest) or one iter_* folder")
     return parser
 
 
@@ -87,6 +95,11 @@ def run(args: argparse.Namespace) -> str:
         raise FileNotFoundError(f"--ckpt {args.ckpt}: no such folder")
     if getattr(args, "base_hf", None):
         args.base_hf = resolve_model(args.base_hf, "--base-hf")
+    if args.command == "verify":
+        from igrpo_megatron.checkpoint import verify_checkpoint
+
+        folder, files, size = verify_checkpoint(args.ckpt)
+        return f"{folder}: {files} files ({size / 2**20:.1f} MiB) match their checksums; its pickles are safe to load"
     _prepare_output(args.out, args.force)
     try:
         return _convert(args)
@@ -96,16 +109,17 @@ def run(args: argparse.Namespace) -> str:
 
 
 def main(argv=None) -> int:
-    from igrpo_megatron.checkpoint import CheckpointError
-    from igrpo_megatron.config import ConfigError
+    return run_cli("igrpo-convert", _main, argv)
+
+
+def _main(argv) -> int:
     from igrpo_megatron.weights.mapping import WeightMappingError
 
     args = build_parser().parse_args(argv)
     try:
         print(run(args))
-    except (ConfigError, CheckpointError, WeightMappingError, FileNotFoundError, FileExistsError) as e:
-        print(f"igrpo-convert {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except (WeightMappingError, FileNotFoundError, FileExistsError) as e:  # the user's files, not our bug
+        raise UserError(f"{args.command}: {e}") from e
     return 0
 
 

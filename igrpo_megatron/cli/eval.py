@@ -19,6 +19,7 @@ import logging
 import os
 import sys
 
+from igrpo_megatron.cli.runner import run_cli
 from igrpo_megatron.config import ConfigError, load_config
 
 
@@ -32,6 +33,10 @@ def _print_table(results: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run_cli("igrpo-eval", _main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="igrpo-eval", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML run config (its eval, model, rollout and reward sections are used)")
@@ -39,32 +44,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. eval.samples=4")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    try:
-        overrides = list(args.overrides) + ([f"model.hf_path={args.model}"] if args.model else [])
-        cfg = load_config(args.config, overrides, training=False)
-        if cfg.model.hf_path:
-            from igrpo_megatron.weights.hub import resolve_model_config
+    overrides = list(args.overrides) + ([f"model.hf_path={args.model}"] if args.model else [])
+    cfg = load_config(args.config, overrides, training=False)
+    if cfg.model.hf_path:
+        from igrpo_megatron.weights.hub import resolve_model_config
 
-            cfg = dataclasses.replace(cfg, model=resolve_model_config(cfg.model))
-        from igrpo_megatron.eval.runner import evaluate
-        from igrpo_megatron.rollout import launch_server, resolve_api_key
+        cfg = dataclasses.replace(cfg, model=resolve_model_config(cfg.model))
+    from igrpo_megatron.eval.runner import evaluate
+    from igrpo_megatron.rollout import launch_server, resolve_api_key
 
-        r = cfg.rollout
-        urls = list(r.server_urls)
-        api_key = resolve_api_key(r, cfg.train.output_dir, generate=not urls)
-        with contextlib.ExitStack() as stack:
-            if not urls:
-                if not cfg.model.hf_path:
-                    raise ConfigError("no model to evaluate: set model.hf_path, pass --model, or give "
-                                      "rollout.server_urls of running servers")
-                log_path = os.path.join(cfg.eval.output_dir, "server.log")
-                server = stack.enter_context(launch_server(r, cfg.model.hf_path, log_path, api_key=api_key,
-                                                           tokenizer_path=cfg.model.tokenizer_path))
-                urls = [server.url]
-            results = evaluate(cfg, urls, api_key)
-    except ConfigError as e:
-        print(f"igrpo-eval: config error: {e}", file=sys.stderr)
-        return 2
+    r = cfg.rollout
+    urls = list(r.server_urls)
+    api_key = resolve_api_key(r, cfg.train.output_dir, generate=not urls)
+    with contextlib.ExitStack() as stack:
+        if not urls:
+            if not cfg.model.hf_path:
+                raise ConfigError("no model to evaluate: set model.hf_path, pass --model, or give "
+                                  "rollout.server_urls of running servers")
+            log_path = os.path.join(cfg.eval.output_dir, "server.log")
+            server = stack.enter_context(launch_server(r, cfg.model.hf_path, log_path, api_key=api_key,
+                                                       tokenizer_path=cfg.model.tokenizer_path))
+            urls = [server.url]
+        results = evaluate(cfg, urls, api_key)
     _print_table(results)
     return 0
 

@@ -8,6 +8,8 @@ import argparse
 import os
 import sys
 
+from igrpo_megatron.cli.runner import run_cli
+from igrpo_megatron.errors import UserError
 from igrpo_megatron.metrics import read_metrics
 
 # One panel per question a reader asks of a run; each lists the series drawn in it.
@@ -50,6 +52,10 @@ def plot_run(run_dir: str, out_dir: str | None = None) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run_cli("igrpo-plot", _main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="igrpo-plot", description=__doc__)
     parser.add_argument("run_dir", help="a training run directory (train.output_dir) holding metrics.jsonl")
     parser.add_argument("--out", default=None, help="folder for the PNGs (default RUN_DIR/plots)")
@@ -70,8 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         for path in plot_run(args.run_dir, args.out):
             print(path)
     except (FileNotFoundError, ValueError) as e:
-        print(f"igrpo-plot: {e}", file=sys.stderr)
-        return 2
+        raise UserError(str(e)) from e
     return 0
 
 

@@ -17,12 +17,17 @@ import signal
 import sys
 import time
 
+from igrpo_megatron.cli.runner import run_cli
 from igrpo_megatron.config import ConfigError, load_config
 from igrpo_megatron.rollout.auth import API_KEY_ENV
 from igrpo_megatron.weights.hub import resolve_model
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run_cli("igrpo-serve", _main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="igrpo-serve", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML run config (configs/*.yaml)")
@@ -31,18 +36,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="print the server command and exit")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. rollout.port=8001")
     args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides, training=False)
-        model = args.model or cfg.model.hf_path
-        if not model:
-            raise ConfigError("no model to serve: set model.hf_path or pass --model")
-        model = resolve_model(model, "--model" if args.model else "model.hf_path")
-    except ConfigError as e:
-        print(f"igrpo-serve: config error: {e}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.config, args.overrides, training=False)
+    model = args.model or cfg.model.hf_path
+    if not model:
+        raise ConfigError("no model to serve: set model.hf_path or pass --model")
+    model = resolve_model(model, "--model" if args.model else "model.hf_path")
 
-    from igrpo_megatron.rollout.server import (ServerStartError, build_server_command, cuda_available,
-                                               launch_server, resolve_api_key, store_api_key)
+    from igrpo_megatron.rollout.server import (build_server_command, cuda_available, launch_server,
+                                               resolve_api_key, store_api_key)
 
     r = cfg.rollout
     if args.dry_run:
@@ -54,11 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (r.api_key or os.environ.get(API_KEY_ENV)):
         print(f"igrpo-serve: API key in {store_api_key(cfg.train.output_dir, api_key)}", flush=True)
     log_path = args.log or os.path.join(cfg.train.output_dir, f"rollout_server_{r.port}.log")
-    try:
-        handle = launch_server(r, model, log_path, api_key=api_key, tokenizer_path=cfg.model.tokenizer_path)
-    except ServerStartError as e:
-        print(f"igrpo-serve: {e}", file=sys.stderr)
-        return 1
+    handle = launch_server(r, model, log_path, api_key=api_key, tokenizer_path=cfg.model.tokenizer_path)
     print(f"igrpo-serve: serving {model} at {handle.url} (log {log_path})", flush=True)
 
     stopping = []

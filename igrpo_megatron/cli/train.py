@@ -11,7 +11,8 @@ import os
 import signal
 import sys
 
-from igrpo_megatron.config import ConfigError, dump_yaml, load_config
+from igrpo_megatron.cli.runner import run_cli
+from igrpo_megatron.config import dump_yaml, load_config
 
 
 def exit_through_close_on_sigterm() -> None:
@@ -23,6 +24,10 @@ def exit_through_close_on_sigterm() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run_cli("igrpo-train", _main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="igrpo-train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML run config (configs/*.yaml)")
@@ -31,23 +36,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="print the config fields (of one section) with type, default and help, and exit")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.max_steps=10")
     args = parser.parse_args(argv)
-    try:
-        if args.help_config is not None:
-            from igrpo_megatron.config_help import format_help
+    if args.help_config is not None:
+        from igrpo_megatron.config_help import format_help
 
-            print(format_help(args.help_config or None), end="")
-            return 0
-        cfg = load_config(args.config, args.overrides)
-        if args.print_config:
-            print(dump_yaml(cfg), end="")
-            return 0
-        from igrpo_megatron.trainer import train
+        print(format_help(args.help_config or None), end="")
+        return 0
+    cfg = load_config(args.config, args.overrides)
+    if args.print_config:
+        print(dump_yaml(cfg), end="")
+        return 0
+    from igrpo_megatron.trainer import train
 
-        exit_through_close_on_sigterm()
-        train(cfg)  # checks that need the world size or the model shape raise ConfigError here
-    except ConfigError as e:
-        print(f"igrpo-train: config error: {e}", file=sys.stderr)
-        return 2
+    exit_through_close_on_sigterm()
+    train(cfg)  # checks that need the world size or the model shape raise ConfigError here
     return 0
 
 

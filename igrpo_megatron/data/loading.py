@@ -84,12 +84,12 @@ def load_prompts_counted(cfg: DataConfig) -> tuple[list[Example], int]:
     examples, skipped = [], 0
     for row, record in _read_rows(source, cfg.split):
         try:
-            if isinstance(record, _BadJson):
-                raise _Malformed("<line>", f"is not valid JSON ({record.error})")
+            if isinstance(record, _BadLine):
+                raise _Malformed("<line>", record.error)
             if not isinstance(record, dict):
                 raise _Malformed("<row>", f"is a {type(record).__name__}, expected an object of fields")
             question = _text_field(record, prompt_field)
-            answer = _text_field(record, answer_field)
+            answer = _text_field(record, answer_field, allow_int=True)
             if from_boxed:
                 boxed = last_boxed(answer)
                 if boxed is None:
@@ -112,12 +112,12 @@ def load_prompts_counted(cfg: DataConfig) -> tuple[list[Example], int]:
     return examples, skipped
 
 
-def _text_field(record: dict, field: str) -> str:
+def _text_field(record: dict, field: str, allow_int: bool = False) -> str:
     if field not in record:
         raise _Malformed(field, f"is missing (the row has {sorted(record)})")
     value = record[field]
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)  # integer answers ("answer": 42) are common and exact as text
+    if allow_int and isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)  # integer answers ("answer": 42) are common and exact as text; a question is not
     if not isinstance(value, str):
         raise _Malformed(field, f"is {type(value).__name__} {value!r:.60}, expected a string")
     if not value.strip():
@@ -143,18 +143,26 @@ def read_local_rows(source: str, field: str) -> Iterator[tuple[int, Any]]:
     if not os.path.isfile(path):
         raise DataError(f"{field} {source}: file not found")
     if path.endswith(".jsonl"):
-        with open(path, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, start=1):
+        with open(path, "rb") as f:  # decoded per line, so that a bad byte is one bad row
+            for line_no, raw in enumerate(f, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    yield line_no, _BadLine(f"is not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})")
+                    continue
                 if not line.strip():
                     continue
                 try:
                     yield line_no, json.loads(line)
                 except json.JSONDecodeError as e:
-                    yield line_no, _BadJson(str(e))
+                    yield line_no, _BadLine(f"is not valid JSON ({e})")
     elif path.endswith(".json"):
         with open(path, encoding="utf-8") as f:
             try:
                 records = json.load(f)
+            except UnicodeDecodeError as e:
+                raise DataError(f"{source}: byte {e.start} (0x{e.object[e.start]:02x}) is not valid UTF-8; "
+                                f"re-encode the file as UTF-8") from None
             except json.JSONDecodeError as e:
                 raise DataError(f"{source}: not valid JSON ({e}); a .json file must hold a list of "
                                 f"objects (one per row), a .jsonl file one object per line") from None
@@ -171,8 +179,8 @@ def read_local_rows(source: str, field: str) -> Iterator[tuple[int, Any]]:
 
 
 @dataclass(frozen=True)
-class _BadJson:
-    """A jsonl line that did not parse; reported like any malformed row."""
+class _BadLine:
+    """A jsonl line that did not decode or parse; reported like any malformed row."""
 
     error: str
 

@@ -44,6 +44,7 @@ from typing import Optional, Sequence
 
 from math_verify import LatexExtractionConfig, parse, verify
 
+from igrpo_megatron.lifetime import die_with_parent
 from igrpo_megatron.config import RewardConfig
 from igrpo_megatron.rewards.base import RewardItem, RewardResult, as_items, make_result
 from igrpo_megatron.rewards.extract import extract_answer, format_reward
@@ -109,6 +110,7 @@ def _score_in_worker(completion: str, gold: str, cfg: RewardConfig) -> tuple[flo
 
 
 def _worker_main(conn, cfg: RewardConfig) -> None:
+    die_with_parent()  # a SIGKILLed trainer leaves no scoring worker behind
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle; it closes us
     signal.signal(signal.SIGPROF, _raise_timeout)
     conn.send(None)  # ready: from here on the worker is always either scoring or reading

@@ -12,8 +12,10 @@ import urllib.parse
 import urllib.request
 from typing import Any, Optional
 
+from igrpo_megatron.errors import UserError
 
-class RolloutServerError(RuntimeError):
+
+class RolloutServerError(UserError, RuntimeError):
     """A rollout server answered with an error or could not be reached."""
 
 

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional, Sequence
 
+from igrpo_megatron.errors import UserError
 from igrpo_megatron.rollout.admin import RolloutServerError, parse_weight_version
 from igrpo_megatron.rollout.retry import RETRY_STATUSES, backoff_s, transient_errors
 
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 GENERATE_PATH = "/inference/v1/generate"
 
 
-class RolloutError(RuntimeError):
+class RolloutError(UserError, RuntimeError):
     """Generation failed for good (all retries spent, or the server rejected the request)."""
 
 

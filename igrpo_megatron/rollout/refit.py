@@ -51,6 +51,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable, Optional, Protocol, Sequence
 
+from igrpo_megatron.errors import UserError
 from igrpo_megatron.config import ConfigError, RolloutConfig
 from igrpo_megatron.registry import Registry
 from igrpo_megatron.rollout.admin import ServerAdmin
@@ -65,7 +66,7 @@ Bucket = Sequence[tuple[str, "torch.Tensor"]]
 log = logging.getLogger(__name__)
 
 
-class RefitError(RuntimeError):
+class RefitError(UserError, RuntimeError):
     """A weight update failed on a server; the server stays paused."""
 
 

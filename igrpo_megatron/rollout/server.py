@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -27,7 +26,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Optional
 
+from igrpo_megatron.errors import UserError
 from igrpo_megatron.config import ConfigError, RolloutConfig
+from igrpo_megatron.lifetime import start_guarded, stop_group
 from igrpo_megatron.rollout.admin import ServerAdmin
 from igrpo_megatron.rollout.auth import API_KEY_ENV
 
@@ -39,7 +40,7 @@ CPU_DEFAULT_KV_CACHE_BYTES = 1 << 30
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-class ServerStartError(RuntimeError):
+class ServerStartError(UserError, RuntimeError):
     """The server exited or did not become healthy; the message carries the end of its log."""
 
 
@@ -129,7 +130,11 @@ def build_server_command(cfg: RolloutConfig, model_path: str, port: int, on_cpu:
 
 @dataclass
 class ServerHandle:
-    """A running server started by :func:`launch_server`; ``stop()`` ends it and its engine processes."""
+    """A running server started by :func:`launch_server`; ``stop()`` ends it and its engine processes.
+
+    ``process`` is the guard of :mod:`igrpo_megatron.lifetime` that leads the server's process
+    group: the server and its engine processes end when the guard's owner dies (kill -9 included)
+    or when the API server exits."""
 
     url: str
     api_key: str
@@ -141,16 +146,11 @@ class ServerHandle:
         self.admin = ServerAdmin(self.url, self.api_key)
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        """SIGTERM the server's process group (api server, engine core, workers); SIGKILL if it hangs."""
-        if self.process.poll() is not None:
-            return
-        pgid = os.getpgid(self.process.pid)
-        os.killpg(pgid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(pgid, signal.SIGKILL)
-            self.process.wait()
+        """End the server's whole process group (guard, API server, engine core, workers): SIGTERM,
+        SIGKILL after ``timeout_s``; also when the API server has already died and left its engine
+        processes behind."""
+        stop_group(self.process.pid, timeout_s)  # the guard leads the group: pgid == its pid
+        self.process.wait()
 
     def __enter__(self) -> "ServerHandle":
         return self
@@ -159,9 +159,11 @@ class ServerHandle:
         self.stop()
 
 
-def _log_tail(path: str, lines: int = 40) -> str:
+def _log_tail(path: str, start: int = 0, lines: int = 40) -> str:
+    """The last ``lines`` lines of ``path`` from byte ``start`` on (this launch's part)."""
     try:
         with open(path, errors="replace") as f:
+            f.seek(start)
             return "".join(deque(f, maxlen=lines))
     except OSError as e:
         return f"(cannot read {path}: {e})"
@@ -187,22 +189,23 @@ def launch_server(cfg: RolloutConfig, model_path: str, log_path: str, port: Opti
         # the first logprobs request, for no gain on CPU.
         child_env["TORCH_COMPILE_DISABLE"] = "1"
     os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
-    with open(log_path, "w") as log_file:
-        log_file.write("$ " + " ".join(cmd) + "\n")
+    with open(log_path, "a") as log_file:  # appended: an earlier launch's log is what explains a restart
+        log_file.write(f"\n===== launch {time.strftime('%Y-%m-%d %H:%M:%S')} (pid {os.getpid()}) =====\n"
+                       f"$ {' '.join(cmd)}\n")
         log_file.flush()
-        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=child_env,
-                                start_new_session=True)
+        start = log_file.tell()
+        proc = start_guarded(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=child_env)
     handle = ServerHandle(server_url(cfg.host, port), api_key, proc, log_path)
     log.info("starting vLLM server at %s (log %s)", handle.url, log_path)
     deadline = time.monotonic() + cfg.startup_timeout_s
     while not handle.admin.is_healthy():
         if proc.poll() is not None:
             raise ServerStartError(f"vLLM server for {model_path} exited with code {proc.returncode} "
-                                   f"before becoming healthy; end of {log_path}:\n{_log_tail(log_path)}")
+                                   f"before becoming healthy; end of {log_path}:\n{_log_tail(log_path, start)}")
         if time.monotonic() > deadline:
             handle.stop()
             raise ServerStartError(
                 f"vLLM server at {handle.url} not healthy after {cfg.startup_timeout_s:.0f} s "
-                f"(rollout.startup_timeout_s); end of {log_path}:\n{_log_tail(log_path)}")
+                f"(rollout.startup_timeout_s); end of {log_path}:\n{_log_tail(log_path, start)}")
         time.sleep(0.5)
     return handle

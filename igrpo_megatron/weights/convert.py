@@ -107,9 +107,9 @@ def _base_hf_dir(ckpt_dir: str, base_hf: Optional[str]) -> str:
 
 def _checkpoint_dtype(ckpt_dir: str) -> str:
     """The dtype the model weights were saved in (read from the checkpoint's metadata, no data)."""
-    from torch.distributed.checkpoint import FileSystemReader
+    from igrpo_megatron.checkpoint.safe_unpickle import read_dcp_metadata
 
-    meta = FileSystemReader(ckpt_dir).read_metadata().state_dict_metadata
+    meta = read_dcp_metadata(ckpt_dir).state_dict_metadata
     key = "embedding.word_embeddings.weight"  # the model's own key (optimizer state keys extend it)
     if key not in meta:
         raise WeightMappingError(f"{ckpt_dir}: no embedding.word_embeddings.weight in the checkpoint; "
