@@ -41,6 +41,18 @@ class TrainBatch:
         return TrainBatch(**{f.name: (None if getattr(self, f.name) is None else getattr(self, f.name)[index])
                              for f in fields(self)})
 
+    def narrow(self, width: int) -> "TrainBatch":
+        """The first ``width`` positions of every per-token tensor (a micro-batch cut to its longest row)."""
+        return TrainBatch(**{f.name: (v if v is None or v.dim() == 1 else v[:, :width])
+                             for f in fields(self) for v in [getattr(self, f.name)]})
+
+    def row_lengths(self) -> torch.Tensor:
+        """``[B]`` positions each row needs: up to and including its last response token (0 for an
+        all-padding row). Positions after it are padding, and attention is causal, so cutting them
+        off changes no response token's logprob."""
+        positions = torch.arange(1, self.tokens.shape[1] + 1, device=self.response_mask.device)
+        return torch.where(self.response_mask.bool(), positions, 0).amax(1)
+
 
 def pack_rows(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], advantages: torch.Tensor,
               pad_id: int, response_logprobs: Optional[Sequence[Sequence[float]]] = None) -> TrainBatch:

@@ -306,6 +306,10 @@ class TrainConfig(Section):
     max_steps: Optional[int] = opt(None, "rollout steps to run; null: epochs x data size / prompts_per_step")
     prompts_per_step: int = opt(128, "prompts per rollout step (paper: 1,024 completions per step = 128 x 8)")
     micro_batch_size: int = opt(4, "sequences per forward/backward micro-batch")
+    # Rows join a micro-batch longest first while rows x its longest row fit (a longer row runs
+    # alone); micro_batch_size then only sets the multiple the DP shards are padded to.
+    max_tokens_per_micro_batch: Optional[int] = opt(
+        None, "token budget per micro-batch (rows x longest row), like verl's dynamic batch size; null: off")
     ppo_epochs: int = opt(1, "passes over each rollout batch")
     mini_batches: int = opt(1, "optimizer steps per rollout batch and PPO epoch")
     save_every: int = opt(50, "checkpoint every this many steps, and at the end; 0: never")
@@ -321,6 +325,8 @@ class TrainConfig(Section):
     def validate(self) -> None:
         _require(0 < self.prompts_per_step, "train.prompts_per_step must be > 0")
         _require(self.micro_batch_size >= 1, "train.micro_batch_size must be >= 1")
+        _require(self.max_tokens_per_micro_batch is None or self.max_tokens_per_micro_batch >= 1,
+                 "train.max_tokens_per_micro_batch must be >= 1 or null")
         _require(self.mini_batches >= 1 and self.ppo_epochs >= 1,
                  "train.mini_batches and train.ppo_epochs must be >= 1")
         _require(self.keep_last >= 1, "train.keep_last must be >= 1")

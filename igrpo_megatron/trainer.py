@@ -33,7 +33,7 @@ from igrpo_megatron.data.chat import resolve_think_prefill
 from igrpo_megatron.data.prompt_budget import tokenize_prompts
 from igrpo_megatron.metrics import MetricsLogger, Stopwatch, mean_over_updates, step_record
 from igrpo_megatron.models import Policy, broadcast_object, initialize_parallel, load_hf_config
-from igrpo_megatron.models.policy import optimizer_steps
+from igrpo_megatron.models.policy import needs_old_logprobs, optimizer_steps
 from igrpo_megatron.models.provider import check_layout
 from igrpo_megatron.rollout import RefitStats, RolloutConnection, SamplingParams, connect
 from igrpo_megatron.rollout.samples import SampleLog
@@ -136,13 +136,15 @@ class Trainer:
                            entropy=entropy, **denominators)
 
     def update(self, batch: TrainBatch, watch: Stopwatch) -> dict:
-        """Old/reference logprobs, then ``ppo_epochs x mini_batches`` optimizer steps on this DP
-        shard; the mean of their loss figures (``metrics.mean_over_updates``)."""
+        """Old (only with several updates per batch, ``needs_old_logprobs``) and reference logprobs,
+        then ``ppo_epochs x mini_batches`` optimizer steps on this DP shard; the mean of their loss
+        figures (``metrics.mean_over_updates``)."""
         t = self.cfg.train
         with watch("logprobs"):
             shard = shard_for_data_parallel(batch, self.par.dp_rank, self.par.dp_size,
                                             t.micro_batch_size * t.mini_batches, self.pad_id)
-            shard.old_logprobs = self.policy.compute_logprobs(shard)
+            if needs_old_logprobs(t):
+                shard.old_logprobs = self.policy.compute_logprobs(shard)
             if self.reference is not None:
                 shard.ref_logprobs = self.reference.compute_logprobs(shard)
         per_mini = len(shard) // t.mini_batches

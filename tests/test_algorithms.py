@@ -270,3 +270,35 @@ def test_loss_input_errors():
         policy_loss(lp, OLD, ADV[:1], MASK, LossConfig())
     with pytest.raises(ValueError, match="old_logprobs has shape"):
         policy_loss(lp, OLD[:, :2], ADV, MASK, LossConfig())
+
+
+def test_no_old_logprobs_is_the_separate_pass_of_the_same_weights():
+    """``old_logprobs=None`` (one update per batch) gives the loss, gradient and metrics of a
+    separate no-grad pass of the same weights; a moved old policy (negative control) does not."""
+    g = torch.Generator().manual_seed(2)
+    lp = (-torch.rand(4, 6, generator=g) * 3).requires_grad_()
+    mask = (torch.rand(4, 6, generator=g) > 0.3).long()
+    adv, rollout = torch.randn(4, generator=g), lp.detach() + 0.1 * torch.randn(4, 6, generator=g)
+    cfg = LossConfig(clip_high=0.28, tis_cap=2.0)
+    runs = {}
+    for name, old in (("shortcut", None), ("separate", lp.detach().clone()), ("moved", lp.detach() + 0.3)):
+        loss, m = policy_loss(lp, old, adv, mask, cfg, rollout_logprobs=rollout)
+        runs[name] = (loss, torch.autograd.grad(loss, lp)[0], m)
+    (l0, g0, m0), (l1, g1, m1), (l2, g2, _) = runs["shortcut"], runs["separate"], runs["moved"]
+    torch.testing.assert_close(l0, l1)
+    torch.testing.assert_close(g0, g1)
+    for k in m1:
+        torch.testing.assert_close(m0[k], m1[k], msg=k)
+    assert m0["approx_kl"] == 0 and m0["ratio_mean"].item() == pytest.approx(1.0)
+    assert (g2 - g1).abs().max() > 1e-3
+
+
+def test_micro_batches_by_length_pad_each_to_its_own_longest_row():
+    from igrpo_megatron.models.logprobs import micro_batches_by_length
+
+    lengths = torch.tensor([5, 30, 0, 12, 29, 6])
+    groups = micro_batches_by_length(lengths, 2)
+    assert [(r.tolist(), w) for r, w in groups] == [([1, 4], 30), ([3, 5], 12), ([0, 2], 5)]
+    budget = micro_batches_by_length(lengths, 2, max_tokens=36)
+    assert [(r.tolist(), w) for r, w in budget] == [([1], 30), ([4], 29), ([3, 5, 0], 12), ([2], 1)]
+    assert sorted(i for r, _ in budget for i in r.tolist()) == list(range(6))  # every row once

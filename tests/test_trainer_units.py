@@ -217,3 +217,14 @@ def test_grpo_is_one_stage_on_the_question(tiny_qwen2):
                                                             "igrpo.group_budget=4"], hold_second=False)
     assert [(ids, n) for ids, n in client.requests] == [(p.prompt_ids, 4) for p in prompts]
     assert all(g.prompt_ids == p.prompt_ids and not g.draft_ids for g, p in zip(groups, prompts))
+
+
+def test_the_old_logprob_pass_runs_only_with_several_updates_per_batch():
+    """Its own forward only when the old policy differs from the trained one; the PP=2 parity of
+    the shortcut is tests/test_train_batching.py, and with mini_batches=2 the second update's KL to
+    the old policy is > 0 (tests/test_trainer_components.py), which only the separate pass gives."""
+    from igrpo_megatron.config import TrainConfig
+    from igrpo_megatron.models.policy import needs_old_logprobs
+
+    assert not needs_old_logprobs(TrainConfig())
+    assert needs_old_logprobs(TrainConfig(mini_batches=2)) and needs_old_logprobs(TrainConfig(ppo_epochs=2))

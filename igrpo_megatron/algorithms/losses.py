@@ -100,7 +100,7 @@ def _check_shapes(reference: Tensor, **tensors: Optional[Tensor]) -> None:
 
 def policy_loss(
     logprobs: Tensor,
-    old_logprobs: Tensor,
+    old_logprobs: Optional[Tensor],
     advantages: Tensor,
     mask: Tensor,
     cfg: LossConfig,
@@ -115,7 +115,10 @@ def policy_loss(
 
     Per response token t of sequence i, with A_i the sequence's advantage:
 
-    - ratio r = exp(logprobs - old_logprobs) (PPO, Schulman et al. 2017). With
+    - ratio r = exp(logprobs - old_logprobs) (PPO, Schulman et al. 2017). ``old_logprobs=None``
+      means the old policy is the one being trained (one optimizer step per rollout batch): old is
+      ``logprobs.detach()``, r is 1 with the gradient of ``logprobs``, exactly what a separate
+      forward of the same weights gives, without that forward. With
       ``cfg.ratio_level="sequence"`` every token uses the sequence's length-normalised geometric-mean
       ratio exp(mean_t(logprobs - old_logprobs)) (GSPO, Zheng et al. 2025).
     - pg = max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high)); separate bounds are DAPO's
@@ -170,7 +173,7 @@ def policy_loss(
     # Zero every input outside the mask first: padding may hold -inf / NaN logprobs, and a 0 * inf in
     # any backward (k2's square, say) would poison the gradient of the whole micro-batch.
     lp = masked(logprobs.float())
-    old = masked(old_logprobs.detach().float())
+    old = lp.detach() if old_logprobs is None else masked(old_logprobs.detach().float())
     adv = advantages.detach().float()[:, None]
 
     token_log_ratio = lp - old

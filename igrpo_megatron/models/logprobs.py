@@ -159,6 +159,32 @@ def micro_batch_slices(rows: int, micro_batch_size: int) -> list[slice]:
     return [slice(i, i + micro_batch_size) for i in range(0, rows, micro_batch_size)]
 
 
+def micro_batches_by_length(lengths: torch.Tensor, micro_batch_size: int,
+                            max_tokens: Optional[int] = None) -> list[tuple[torch.Tensor, int]]:
+    """The rows (indices) of each micro-batch and the width it is padded to.
+
+    Rows are taken longest first, so each micro-batch holds rows of similar length and is padded
+    only to its own longest row (``lengths``: the positions each row needs, ``TrainBatch.row_lengths``).
+    Without ``max_tokens`` every micro-batch has ``micro_batch_size`` rows (:func:`micro_batch_slices`);
+    with it, a micro-batch takes rows while ``rows x its longest row <= max_tokens`` (a longer row
+    runs alone), so the number of micro-batches follows the lengths. The loss is unchanged either
+    way: its denominators are the step's global counts (``models.policy`` module docstring).
+    """
+    order = torch.argsort(lengths.cpu(), descending=True, stable=True)
+    need = lengths.cpu()[order].tolist()
+    if max_tokens is None:
+        groups = [(order[s], need[s.start]) for s in micro_batch_slices(len(order), micro_batch_size)]
+    else:
+        groups, start = [], 0
+        while start < len(need):
+            end = start + 1  # the first row is the longest: it sets the width
+            while end < len(need) and (end + 1 - start) * need[start] <= max_tokens:
+                end += 1
+            groups.append((order[start:end], need[start]))
+            start = end
+    return [(rows, max(width, 1)) for rows, width in groups]
+
+
 @torch.no_grad()
 def compute_logprobs(
     model_chunks: list,
@@ -166,12 +192,17 @@ def compute_logprobs(
     *,
     micro_batch_size: int,
     temperature: float = 1.0,
+    lengths: Optional[torch.Tensor] = None,
+    max_tokens: Optional[int] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Logprobs and entropy ``[B, T]`` of ``tokens`` under the model, on every model-parallel rank.
 
-    Runs Megatron's pipeline schedule forward-only over ``B / micro_batch_size`` micro-batches; the
-    last stage's result is broadcast over the pipeline group (TP ranks already agree). ``tokens``
-    must be the same on all ranks of the model-parallel group.
+    Runs Megatron's pipeline schedule forward-only over micro-batches. With ``lengths`` (``[B]``)
+    row ``i`` is scored only on its first ``lengths[i]`` positions (the rest are 0) and the
+    micro-batches are grouped by length (:func:`micro_batches_by_length`, ``max_tokens`` as there);
+    without, every row is scored in full, ``micro_batch_size`` rows at a time. The last stage's
+    result is broadcast over the pipeline group (TP ranks already agree). ``tokens`` must be the
+    same on all ranks of the model-parallel group.
     """
     from megatron.core import parallel_state as ps
     from megatron.core.pipeline_parallel import get_forward_backward_func
@@ -179,7 +210,10 @@ def compute_logprobs(
     from igrpo_megatron.weights.mapping import unwrap
 
     vocab_size = getattr(unwrap(model_chunks[0]), "hf_vocab_size", None)
-    micro = [SimpleNamespace(tokens=tokens[s]) for s in micro_batch_slices(tokens.shape[0], micro_batch_size)]
+    if lengths is None:
+        lengths = torch.full((tokens.shape[0],), tokens.shape[1])
+    groups = micro_batches_by_length(lengths, micro_batch_size, max_tokens)
+    micro = [SimpleNamespace(tokens=tokens[rows.to(tokens.device), :width]) for rows, width in groups]
 
     def collect(lp, ent, mb):
         return lp.new_zeros(()), {"logprobs": lp, "entropy": ent}
@@ -187,11 +221,12 @@ def compute_logprobs(
     step = model_forward_step(micro, collect, vocab_size=vocab_size, temperature=temperature)
     outputs = get_forward_backward_func()(
         forward_step_func=step, data_iterator=iter(micro), model=model_chunks, num_microbatches=len(micro),
-        seq_length=tokens.shape[1], micro_batch_size=micro_batch_size, forward_only=True)
+        seq_length=max(width for _, width in groups), micro_batch_size=micro_batch_size, forward_only=True)
+    result = torch.zeros((2, *tokens.shape), dtype=torch.float32, device=tokens.device)
     if ps.is_pipeline_last_stage():
-        result = torch.stack([torch.cat([o["logprobs"] for o in outputs]), torch.cat([o["entropy"] for o in outputs])])
-    else:
-        result = torch.empty((2, *tokens.shape), dtype=torch.float32, device=tokens.device)
+        for (rows, width), o in zip(groups, outputs):
+            result[0, rows.to(tokens.device), :width] = o["logprobs"]
+            result[1, rows.to(tokens.device), :width] = o["entropy"]
     if ps.get_pipeline_model_parallel_world_size() > 1:
         dist.broadcast(result, src=ps.get_pipeline_model_parallel_last_rank(),
                        group=ps.get_pipeline_model_parallel_group())

@@ -17,7 +17,7 @@ import torch.distributed as dist
 
 from igrpo_megatron.batch import TrainBatch
 from igrpo_megatron.config import Config, ConfigError, TrainConfig
-from igrpo_megatron.models.logprobs import compute_logprobs, micro_batch_slices, model_forward_step
+from igrpo_megatron.models.logprobs import compute_logprobs, micro_batches_by_length, model_forward_step
 from igrpo_megatron.models.parallel import current_device
 from igrpo_megatron.models.provider import HFModelConfig, build_model
 
@@ -46,6 +46,13 @@ def optimizer_steps(train: TrainConfig, iterations: int) -> int:
     return iterations * train.ppo_epochs * train.mini_batches
 
 
+def needs_old_logprobs(train: TrainConfig) -> bool:
+    """Whether the old policy's logprobs need their own forward pass: only when a rollout batch
+    feeds several optimizer steps. With one, the old policy IS the policy being trained, so the
+    loss takes the training forward's logprobs, detached (``policy_loss(old_logprobs=None)``)."""
+    return optimizer_steps(train, 1) > 1
+
+
 class Policy:
     """Megatron model chunks for this rank's pipeline stage, plus optimizer and LR schedule.
 
@@ -67,6 +74,9 @@ class Policy:
         self.frozen = frozen
         self.temperature = cfg.rollout.temperature
         model = build_model(hf_cfg, cfg.model, cfg.parallel, wrap_ddp=not frozen)
+        # Micro-batches are cut to their own longest row, so their shapes differ: the pipeline
+        # stages exchange each activation's shape before it (a few ints per micro-batch).
+        model.config.variable_seq_lengths = True
         self.model_chunks = [model]
         if cfg.model.init_checkpoint:  # e.g. written by `igrpo-convert from-hf`, at any layout
             from igrpo_megatron.checkpoint import load_checkpoint
@@ -139,16 +149,24 @@ class Policy:
 
     def compute_logprobs_and_entropy(self, batch: TrainBatch, *, micro_batch_size: Optional[int] = None,
                                      temperature: Optional[float] = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``[B, T]`` logprobs and entropy of ``batch.tokens`` (no gradient), on every rank, on CPU."""
+        """``[B, T]`` logprobs and entropy of every position of ``batch.tokens`` (no gradient), on
+        every rank, on CPU."""
         lp, ent = compute_logprobs(
             self.model_chunks, batch.tokens.to(current_device()),
             micro_batch_size=micro_batch_size or self.cfg.train.micro_batch_size,
             temperature=self.temperature if temperature is None else temperature)
         return lp.cpu(), ent.cpu()
 
-    def compute_logprobs(self, batch: TrainBatch, **kwargs) -> torch.Tensor:
-        """Old-policy or reference logprobs ``[B, T]`` of ``batch.tokens`` (no gradient)."""
-        return self.compute_logprobs_and_entropy(batch, **kwargs)[0]
+    def compute_logprobs(self, batch: TrainBatch, *, micro_batch_size: Optional[int] = None,
+                         temperature: Optional[float] = None) -> torch.Tensor:
+        """Old-policy or reference logprobs ``[B, T]`` (no gradient) up to each row's last response
+        token, 0 after it: micro-batches grouped by length, as :meth:`train_step` groups them."""
+        lp, _ = compute_logprobs(
+            self.model_chunks, batch.tokens.to(current_device()),
+            micro_batch_size=micro_batch_size or self.cfg.train.micro_batch_size,
+            temperature=self.temperature if temperature is None else temperature,
+            lengths=batch.row_lengths(), max_tokens=self.cfg.train.max_tokens_per_micro_batch)
+        return lp.cpu()
 
     def train_step(self, batch: TrainBatch, loss_fn: LossFn, *, micro_batch_size: Optional[int] = None,
                    temperature: Optional[float] = None) -> dict[str, float]:
@@ -167,7 +185,8 @@ class Policy:
             raise RuntimeError("train_step on a frozen (reference) model")
         mbs = micro_batch_size or self.cfg.train.micro_batch_size
         batch = _to_device(batch)
-        micro = [batch.select(s) for s in micro_batch_slices(len(batch), mbs)]
+        groups = micro_batches_by_length(batch.row_lengths(), mbs, self.cfg.train.max_tokens_per_micro_batch)
+        micro = [batch.select(rows).narrow(width) for rows, width in groups]
         denominators = global_denominators(batch)
         scale = len(micro) * ps.get_data_parallel_world_size()
 
@@ -184,7 +203,7 @@ class Policy:
                                   temperature=self.temperature if temperature is None else temperature)
         outputs = get_forward_backward_func()(
             forward_step_func=step, data_iterator=iter(micro), model=self.model_chunks,
-            num_microbatches=len(micro), seq_length=batch.tokens.shape[1], micro_batch_size=mbs,
+            num_microbatches=len(micro), seq_length=max(width for _, width in groups), micro_batch_size=mbs,
             forward_only=False)
         update_ok, grad_norm, _ = self.optimizer.step()
         metrics = _reduce_metrics(outputs)
