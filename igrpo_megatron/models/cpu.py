@@ -26,7 +26,8 @@ import multiprocessing
 import torch
 from torch.overrides import TorchFunctionMode
 
-from igrpo_megatron.models.cpu_mamba import enable_mamba_fallbacks, local_mamba_stack_spec  # noqa: F401
+from igrpo_megatron.models.cpu_mamba import (enable_mamba_fallbacks, local_mamba_stack_spec,  # noqa: F401
+                                              mamba_ssm_available)
 
 _MODE: "_CudaToCpuMode | None" = None
 
