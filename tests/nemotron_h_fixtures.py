@@ -32,7 +32,7 @@ def make_tiny_nemotron_h(out_dir: str, seed: int = 0, pattern: str = PATTERN, wr
         num_attention_heads=4, num_key_value_heads=2, head_dim=32,
         intermediate_size=256, mlp_hidden_act="relu2",
         mamba_num_heads=8, mamba_head_dim=16, n_groups=2, ssm_state_size=16, conv_kernel=4, chunk_size=CHUNK,
-        layer_norm_epsilon=1e-5, max_position_embeddings=512, tie_word_embeddings=False,
+        layer_norm_epsilon=1e-5, max_position_embeddings=1024, tie_word_embeddings=False,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
         use_bias=False, mlp_bias=False, attention_bias=False, use_conv_bias=True, dtype="float32",
     )

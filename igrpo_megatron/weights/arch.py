@@ -61,6 +61,8 @@ class ArchSpec(abc.ABC):
 
     model_type: ClassVar[str]
     ignored_hf_suffixes: ClassVar[tuple[str, ...]] = ()
+    #: layers that carry state from token to token (Mamba): vLLM's CPU prefix cache breaks on them
+    recurrent_state: ClassVar[bool] = False
 
     @abc.abstractmethod
     def read_config(self, raw: dict, where: str) -> HFModelConfig: ...

@@ -76,6 +76,7 @@ class NemotronHSpec(ArchSpec):
     """Nemotron-H as Megatron's MambaModel."""
 
     model_type = "nemotron_h"
+    recurrent_state = True
 
     def read_config(self, raw: dict, where: str) -> NemotronHConfig:
         for key, what in (("use_bias", "Mamba projection biases"), ("mamba_proj_bias", "Mamba projection biases"),
