@@ -165,7 +165,7 @@ class NemotronHSpec(ArchSpec):
                                                                    "chunk_size": hf_cfg.chunk_size}
         else:
             spec = local_mamba_stack_spec(d_conv=hf_cfg.conv_kernel, chunk_size=hf_cfg.chunk_size)
-        return MambaModel(
+        model = MambaModel(
             config=config,
             mamba_stack_spec=spec,
             vocab_size=vocab_size,
@@ -177,6 +177,9 @@ class NemotronHSpec(ArchSpec):
             pre_process=pre_process,
             post_process=post_process,
         )
+        if config.recompute_granularity == "full":
+            _recompute_each_layer(model.decoder)
+        return model
 
     def weight_table(self, hf_cfg: NemotronHConfig) -> Mapping[str, Rule]:
         """Megatron name (``{}`` = global layer index; local and TE spec names) -> HF tensors, layout, TP split."""
@@ -208,3 +211,25 @@ class NemotronHSpec(ArchSpec):
             "output_layer.weight": Rule(("lm_head.weight",), Layout.VOCAB, COLUMN),
             **{"decoder.layers.{}." + k: v for k, v in per_layer.items()},
         }
+
+
+def _recompute_each_layer(stack) -> None:
+    """Full activation recompute, one layer per unit, as TransformerBlock does for a GPT:
+    megatron-core 0.16.1's MambaStack ignores ``recompute_granularity``, so each layer's forward is
+    wrapped in Megatron's ``tensor_parallel.checkpoint`` (which restores the TP RNG state)."""
+    import torch
+    from megatron.core import tensor_parallel
+    from megatron.core.transformer.transformer_layer import TransformerLayer
+
+    for layer in stack.layers:
+        def forward(hidden_states, _run=layer.forward, _pair=isinstance(layer, TransformerLayer), **kwargs):
+            def run(h):  # attention / MLP layers return (hidden_states, context); keep the first
+                out = _run(hidden_states=h, **kwargs)
+                return out[0] if _pair else out
+
+            if not torch.is_grad_enabled():
+                return _run(hidden_states=hidden_states, **kwargs)
+            out = tensor_parallel.checkpoint(run, False, hidden_states)
+            return (out, None) if _pair else out
+
+        layer.forward = forward

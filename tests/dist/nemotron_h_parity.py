@@ -2,7 +2,7 @@
 from a tiny NemotronH checkpoint, against transformers' own NemotronH on the same weights (fp32).
 
 At TP=1 (x DP2), TP=2 and PP=2: logits and gradients of a mean token log-likelihood, and the
-exported HF tensors. transformers clamps the SSM step at ``time_step_min``; Megatron and vLLM do
+exported HF tensors; at TP=2 again with activation recompute. transformers clamps the SSM step at ``time_step_min``; Megatron and vLLM do
 not, so the reference runs with ``time_step_limit = (0, inf)`` and the clamped difference is
 reported separately. Then the negative controls (a plain dim-0 split of in_proj at TP=2, the gated
 norm over all channels instead of per group at TP=1, the norm before the gate at TP=2) and a checkpoint saved at
@@ -66,11 +66,12 @@ def reference(hf_dir, ids):
     return logits.detach(), clamped, grads
 
 
-def build(hf_dir, tp, pp, weight_map=None, load=True):
+def build(hf_dir, tp, pp, weight_map=None, load=True, recompute=False):
     hf_cfg = load_hf_config(hf_dir)
     par = ParallelConfig(tp=tp, pp=pp)
     initialize_parallel(par, seed=3)
-    model = build_model(hf_cfg, ModelConfig(hf_path=hf_dir, dtype="fp32", transformer_impl="local"), par)
+    model_cfg = ModelConfig(hf_path=hf_dir, dtype="fp32", transformer_impl="local", recompute_activations=recompute)
+    model = build_model(hf_cfg, model_cfg, par)
     if load:
         load_hf_weights([model], hf_dir, hf_cfg, weight_map=weight_map)
     return hf_cfg, model
@@ -164,6 +165,18 @@ def main(hf_dir, ckpt_dir):
         if (tp, pp) == (2, 1):
             save_checkpoint(ckpt_dir, 0, [model])
         destroy_parallel()
+
+    # activation recompute: the same gradients, each mixer run twice (forward, then in backward)
+    hf_cfg, model = build(hf_dir, 2, 1, recompute=True)
+    calls = []
+    for m in model.modules():
+        if type(m).__name__ in ("MambaMixer", "SelfAttention", "MLP"):
+            m.register_forward_hook(lambda *_: calls.append(1))
+    logits = forward_backward(model, ids, vocab, backward=True)
+    check("logits_diff_tp2pp1_recompute", (logits - ref_logits).abs().max())
+    check("grad_rel_diff_tp2pp1_recompute", worst_relative_grad(model, hf_cfg, ref_grads))
+    check("mixer_calls_per_layer_tp2pp1_recompute", len(calls) / hf_cfg.num_layers)
+    destroy_parallel()
 
     # negative controls: each must move the logits far beyond the parity tolerance
     hf_cfg = load_hf_config(hf_dir)
