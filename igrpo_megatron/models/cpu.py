@@ -26,8 +26,8 @@ import multiprocessing
 import torch
 from torch.overrides import TorchFunctionMode
 
-from igrpo_megatron.models.cpu_mamba import (enable_mamba_fallbacks, local_mamba_stack_spec,  # noqa: F401
-                                              mamba_ssm_available)
+from igrpo_megatron.models.cpu_mamba import (enable_mamba_fallbacks, fused_mamba_path_available,  # noqa: F401
+                                              local_mamba_stack_spec, mamba_ssm_available)
 
 _MODE: "_CudaToCpuMode | None" = None
 

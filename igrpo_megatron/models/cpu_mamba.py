@@ -16,7 +16,7 @@ unchanged:
 * :func:`local_mamba_stack_spec`: the stack spec with Megatron's own linears, norms and attention.
 
 The fused memory-efficient path (``mamba_split_conv1d_scan_combined``) has no torch counterpart;
-the provider turns it off (``use_mamba_mem_eff_path``) where :func:`mamba_ssm_available` is False.
+the provider turns it off (``use_mamba_mem_eff_path``) unless :func:`fused_mamba_path_available`.
 ``causal_conv1d`` needs nothing: Megatron falls back to ``nn.Conv1d`` itself.
 """
 from __future__ import annotations
@@ -29,6 +29,11 @@ import torch.nn.functional as F
 
 def mamba_ssm_available() -> bool:
     return importlib.util.find_spec("mamba_ssm") is not None
+
+
+def fused_mamba_path_available() -> bool:
+    """mamba_ssm's fused in_proj -> conv -> scan kernel also calls causal_conv1d's CUDA op."""
+    return mamba_ssm_available() and importlib.util.find_spec("causal_conv1d") is not None
 
 
 def _segment_sum(a: torch.Tensor) -> torch.Tensor:

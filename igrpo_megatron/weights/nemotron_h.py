@@ -124,7 +124,7 @@ class NemotronHSpec(ArchSpec):
         from megatron.core.activations import squared_relu
         from megatron.core.transformer.transformer_config import TransformerConfig
 
-        from igrpo_megatron.models.cpu import mamba_ssm_available
+        from igrpo_megatron.models.cpu import fused_mamba_path_available
 
         return TransformerConfig(
             num_layers=hf_cfg.num_layers,
@@ -145,8 +145,8 @@ class NemotronHSpec(ArchSpec):
             mamba_head_dim=hf_cfg.mamba_head_dim,
             mamba_num_groups=hf_cfg.mamba_num_groups,
             mamba_state_dim=hf_cfg.ssm_state_size,
-            # the fused in_proj -> conv -> scan path exists only as mamba_ssm's kernel
-            use_mamba_mem_eff_path=mamba_ssm_available(),
+            # the fused in_proj -> conv -> scan path exists only as mamba_ssm + causal_conv1d kernels
+            use_mamba_mem_eff_path=fused_mamba_path_available(),
             **run,
         )
 
