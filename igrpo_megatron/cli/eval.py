@@ -41,10 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         overrides = list(args.overrides) + ([f"model.hf_path={args.model}"] if args.model else [])
         cfg = load_config(args.config, overrides, training=False)
-        from igrpo_megatron.eval.runner import check_eval_config, evaluate
+        from igrpo_megatron.eval.runner import evaluate
         from igrpo_megatron.rollout import launch_server, resolve_api_key
 
-        check_eval_config(cfg.eval)
         r = cfg.rollout
         urls = list(r.server_urls)
         api_key = resolve_api_key(r, cfg.train.output_dir, generate=not urls)

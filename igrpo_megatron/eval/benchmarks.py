@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
 from igrpo_megatron.config import ConfigError
+from igrpo_megatron.registry import Registry
 
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
@@ -28,14 +29,16 @@ class Benchmark:
     answer_after: Optional[str] = None  # GSM8K: the gold number follows "####" in its solution
 
 
-BENCHMARKS = {b.name: b for b in [
+BENCHMARKS: Registry[Benchmark] = Registry("eval.benchmarks")
+for _b in [
     Benchmark("aime24", "HuggingFaceH4/aime_2024", "train", "problem", "answer", 64),
     Benchmark("aime25", "math-ai/aime25", "test", "problem", "answer", 64),
     Benchmark("math500", "HuggingFaceH4/MATH-500", "test", "problem", "answer", 8),
     Benchmark("amc23", "math-ai/amc23", "test", "question", "answer", 8),
     Benchmark("gsm8k", "openai/gsm8k", "test", "question", "answer", 8, subset="main", answer_after="####"),
     Benchmark("minerva_math", "math-ai/minervamath", "test", "question", "answer", 8),
-]}
+]:
+    BENCHMARKS.register(_b.name)(_b)
 
 
 @dataclass(frozen=True)

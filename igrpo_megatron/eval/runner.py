@@ -23,24 +23,6 @@ from igrpo_megatron.eval.scores import summarize
 log = logging.getLogger(__name__)
 
 
-def check_eval_config(e: EvalConfig) -> None:
-    """The eval section's own checks (config.validate covers the training sections)."""
-    if not e.benchmarks:
-        raise ConfigError("eval.benchmarks is empty; name at least one (e.g. [math500])")
-    if e.samples is not None and e.samples < 1:
-        raise ConfigError("eval.samples must be >= 1 or null (null: the paper's k per benchmark)")
-    if e.samples is not None and any(k > e.samples for k in e.pass_k):
-        raise ConfigError(f"eval.pass_k={e.pass_k} asks for k above eval.samples={e.samples}")
-    if any(k < 1 for k in e.pass_k):
-        raise ConfigError("eval.pass_k values must be >= 1")
-    if not 0 < e.top_p <= 1 or e.temperature < 0:
-        raise ConfigError("eval.top_p must be in (0, 1] and eval.temperature >= 0")
-    if "{problem}" not in e.prompt_template:
-        raise ConfigError("eval.prompt_template must contain {problem}")
-    if e.max_tokens < 1:
-        raise ConfigError("eval.max_tokens must be >= 1")
-
-
 def prompt_messages(problem: str, e: EvalConfig) -> list[dict]:
     user = e.prompt_template.replace("{problem}", problem)
     if e.system_prompt == "training":
@@ -105,7 +87,7 @@ def evaluate(cfg: Config, server_urls: Sequence[str], api_key: str, tokenizer=No
     from igrpo_megatron.rollout import RolloutClient
 
     e = cfg.eval
-    check_eval_config(e)
+    e.validate()  # evaluate() may get a Config that load_config did not build
     if tokenizer is None:
         from igrpo_megatron.data import load_tokenizer
 
