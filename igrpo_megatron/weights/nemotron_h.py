@@ -127,19 +127,9 @@ class NemotronHSpec(ArchSpec):
         from igrpo_megatron.models.cpu import fused_mamba_path_available
 
         return TransformerConfig(
-            num_layers=hf_cfg.num_layers,
-            hidden_size=hf_cfg.hidden_size,
-            num_attention_heads=hf_cfg.num_attention_heads,
-            num_query_groups=hf_cfg.num_kv_heads,
-            kv_channels=hf_cfg.head_dim,
-            ffn_hidden_size=hf_cfg.ffn_hidden_size,
+            **hf_cfg.decoder_fields(),
             gated_linear_unit=False,
             activation_func=squared_relu,
-            normalization="RMSNorm",
-            layernorm_epsilon=hf_cfg.rms_norm_eps,
-            add_bias_linear=False,
-            add_qkv_bias=False,
-            init_method_std=hf_cfg.init_std,
             is_hybrid_model=True,
             mamba_num_heads=hf_cfg.mamba_num_heads,
             mamba_head_dim=hf_cfg.mamba_head_dim,
