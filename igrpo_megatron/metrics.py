@@ -3,8 +3,9 @@
 The rollout figures answer the paper's questions directly: does the best of N drafts reach
 ``1 - (1 - p)^N`` (its Proposition), and do refinements fix wrong drafts more often than they
 break right ones. Everything is computed on rank 0 from the full rollout batch; the training
-figures (entropy, KL, clip fraction) come from the loss and are averaged over data-parallel ranks
-by the trainer before they reach this module.
+figures (entropy, KL, clip fraction) come from the loss, summed over micro-batches and
+data-parallel ranks by ``Policy.train_step`` and averaged here over the step's optimizer steps.
+:func:`step_record` assembles rank 0's record of one step from its parts.
 """
 from __future__ import annotations
 
@@ -13,8 +14,12 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
-from typing import Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Iterator, Sequence
+
+if TYPE_CHECKING:
+    from igrpo_megatron.rollout.refit import RefitStats
+    from igrpo_megatron.rollout.two_stage import PromptRollout
 
 # Every step's record carries these keys (the end-to-end test checks the file against this list).
 STEP_FIELDS = (
@@ -47,31 +52,11 @@ STEP_FIELDS = (
     "time_refit_s",
     "time_step_s",
     "tokens_per_s",
+    "refit_pause_s",  # POST /pause of the refit: with pause_mode=wait, the requests in flight finishing
+    "refit_load_s",  # export + transfer + load on the servers, overlapped bucket by bucket
+    "refit_mb",  # weight bytes sent to each server (1e6 bytes)
+    "refit_tensors",  # HF tensors sent (the server checks it loaded as many)
 )
-
-
-@dataclass
-class PromptRollout:
-    """Everything the two stages produced for one prompt (rank 0 builds it, all ranks receive it).
-
-    ``draft_*`` lists are empty for GRPO (``num_drafts = 0``). ``prompt_ids`` is the prompt the
-    trained completions were sampled from: the refinement prompt in iGRPO, the question in GRPO.
-    """
-
-    id: str
-    question: str
-    answer: str
-    prompt_ids: list[int]
-    response_ids: list[list[int]]
-    response_logprobs: list[list[float]]
-    rewards: list[float]
-    accuracy: list[float]
-    truncated: list[bool]
-    draft_ids: list[list[int]] = field(default_factory=list)
-    draft_rewards: list[float] = field(default_factory=list)
-    draft_accuracy: list[float] = field(default_factory=list)
-    best_draft: int = -1
-    weight_version: int = -1
 
 
 def _mean(xs: Sequence[float]) -> float:
@@ -85,7 +70,7 @@ def _std(xs: Sequence[float]) -> float:
     return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
 
 
-def rollout_metrics(groups: Sequence[PromptRollout], num_drafts: int) -> dict[str, float]:
+def rollout_metrics(groups: Sequence["PromptRollout"], num_drafts: int) -> dict[str, float]:
     """Accuracy of drafts, best drafts and refinements, transitions, rewards and lengths.
 
     Transitions are conditional rates over refinement samples: ``trans_wrong_to_right`` is
@@ -118,9 +103,76 @@ def rollout_metrics(groups: Sequence[PromptRollout], num_drafts: int) -> dict[st
     }
 
 
-def generated_tokens(groups: Sequence[PromptRollout]) -> int:
+def generated_tokens(groups: Sequence["PromptRollout"]) -> int:
     """Tokens the rollout server generated this step (drafts included: they cost decode time)."""
     return sum(len(r) for g in groups for r in g.response_ids) + sum(len(d) for g in groups for d in g.draft_ids)
+
+
+def mean_over_updates(updates: Sequence[dict]) -> dict[str, float]:
+    """The step's loss figures from its ``ppo_epochs x mini_batches`` optimizer steps: the mean of
+    each figure over them (the max for ``*_max``, the rule inside one step too); {} for none."""
+    if not updates:
+        return {}
+    return {k: max(float(u[k]) for u in updates) if k.endswith("_max") else
+            sum(float(u[k]) for u in updates) / len(updates) for k in updates[0]}
+
+
+def train_record(m: dict) -> dict:
+    """The loss metrics under the names of :data:`STEP_FIELDS`.
+
+    The trainer always passes entropy and rollout logprobs to the loss, so every source key exists.
+    A step without an update (dynamic sampling dropped every group) records NaN, not a made-up 0.
+    """
+    if not m:
+        return dict.fromkeys(("entropy", "kl", "logprob_mismatch", "clip_frac"), float("nan"))
+    rec = {k: float(v) for k, v in m.items()}
+    rec.update(entropy=rec["entropy"], kl=rec["approx_kl"], logprob_mismatch=rec["mismatch_abs_diff"],
+               clip_frac=rec["clip_frac_low"] + rec["clip_frac_high"])
+    return rec
+
+
+def refit_record(stats: "RefitStats") -> dict[str, float]:
+    """The refit's own figures (the Refitter measures them on rank 0) under their STEP_FIELDS names."""
+    return {"refit_pause_s": stats.pause_s, "refit_load_s": stats.load_s, "refit_mb": stats.num_bytes / 1e6,
+            "refit_tensors": float(stats.num_tensors)}
+
+
+class Stopwatch:
+    """Wall time of a step's phases: ``with watch("rollout"): ...`` adds to ``watch.times["rollout"]``.
+
+    Every phase named at construction is in ``times`` (0 when it did not run: a step whose groups
+    dynamic sampling all dropped has no update), so every record has the same keys.
+    """
+
+    def __init__(self, phases: Sequence[str]):
+        self.times = dict.fromkeys(phases, 0.0)
+        self._start = time.perf_counter()
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.times[phase] = self.times.get(phase, 0.0) + time.perf_counter() - t0
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self._start
+
+
+def step_record(groups: Sequence["PromptRollout"], num_drafts: int, batch_info: dict, train: dict,
+                watch: Stopwatch, refit: "RefitStats", rollout_counters: dict) -> dict:
+    """Rank 0's figures of one step: rollouts, batch, loss, refit, timings and the rollout side's counters."""
+    rec = rollout_metrics(groups, num_drafts)
+    rec.update(batch_info)
+    rec.update(train_record(train))
+    rec.update(refit_record(refit))
+    rec.update({f"time_{phase}_s": t for phase, t in watch.times.items()})
+    rec.update(time_step_s=watch.elapsed(),
+               tokens_per_s=generated_tokens(groups) / max(watch.times.get("rollout", 0.0), 1e-9),
+               rollout_weight_version=min(g.weight_version for g in groups))
+    rec.update(rollout_counters)  # cumulative: items scored, timeouts, worker deaths, judge errors, retries
+    return rec
 
 
 class MetricsLogger:

@@ -8,19 +8,18 @@ Use from a test module (one server per module: startup is ~25 s)::
         client = RolloutClient([rollout_server.url], rollout_server.api_key)
 
 The server serves the session's ``tiny_qwen2`` folder (head_dim 32, as vLLM's CPU attention needs),
-in float32, on a free port in 18000-18099 of 127.0.0.1.
+in float32, on a free port of 127.0.0.1.
 """
 from __future__ import annotations
 
 import os
-import random
 
 import pytest
 import torch
 
 from igrpo_megatron.config import RolloutConfig
+from igrpo_megatron.models.parallel import free_port
 from igrpo_megatron.rollout import ServerHandle, launch_server
-from igrpo_megatron.rollout.server import free_port
 
 
 def rollout_test_config(refit_dir: str | None = None, **overrides) -> RolloutConfig:
@@ -33,9 +32,7 @@ def rollout_test_config(refit_dir: str | None = None, **overrides) -> RolloutCon
 
 def start_test_server(model_path: str, workdir: str, **overrides) -> ServerHandle:
     cfg = rollout_test_config(refit_dir=os.path.join(workdir, "refit"), **overrides)
-    # A random start keeps test sessions that run side by side off each other's ports.
-    port = free_port(ports=range(random.randrange(18000, 18090), 18100))
-    return launch_server(cfg, model_path, os.path.join(workdir, "server.log"), port=port,
+    return launch_server(cfg, model_path, os.path.join(workdir, "server.log"), port=free_port(),
                          env={"OMP_NUM_THREADS": "1"})
 
 

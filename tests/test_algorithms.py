@@ -10,7 +10,6 @@ from igrpo_megatron.algorithms import (
     kl_estimate,
     policy_loss,
     sft_loss,
-    token_advantages,
 )
 from igrpo_megatron.config import LossConfig
 
@@ -58,11 +57,6 @@ def test_advantage_errors():
         compute_advantages(torch.ones(3, 1), "grpo")
     with pytest.raises(ValueError, match="NaN"):
         compute_advantages(torch.tensor([[1.0, float("nan")]]), "grpo")
-
-
-def test_token_advantages_broadcast_inside_mask():
-    out = token_advantages(torch.tensor([2.0, -1.0]), torch.tensor([[0, 1, 1], [0, 0, 1]]))
-    assert torch.equal(out, torch.tensor([[0.0, 2.0, 2.0], [0.0, 0.0, -1.0]]))
 
 
 # ------------------------------------------------------------------------------ policy loss

@@ -13,11 +13,12 @@ import sys
 import pytest
 
 from igrpo_megatron.config import ConfigError, EvalConfig, RewardConfig, load_config
+from igrpo_megatron.data import DataError
 from igrpo_megatron.eval import BENCHMARKS, load_benchmark, pass_at_k, summarize
 from igrpo_megatron.eval.runner import score_completions, summarize_records
-from igrpo_megatron.rollout.server import free_port
+from igrpo_megatron.models.parallel import free_port
+from torchrun_util import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _jsonl(path, rows):
@@ -80,6 +81,13 @@ def test_local_files_replace_the_hub(tmp_path):
     bad = _jsonl(tmp_path / "bad.jsonl", [{"problem": "p", "answer": "1"}, {"problem": "p"}])
     with pytest.raises(ConfigError, match=r"row 2: no field 'answer'"):
         load_benchmark(f"math500={bad}")
+    # The training data's reader: its errors (a DataError, a ConfigError to the CLIs) name the entry.
+    (tmp_path / "m.csv").write_text("problem,answer\np,1\n")
+    with pytest.raises(DataError, match=r"eval.benchmarks math500 .*m.csv: unsupported file type"):
+        load_benchmark(f"math500={tmp_path / 'm.csv'}")
+    (tmp_path / "torn.jsonl").write_text('{"problem": "p", "answer": "1"}\n{"problem": "p", "ans\n')
+    with pytest.raises(DataError, match=r"row 2: not a JSON object"):
+        load_benchmark(f"math500={tmp_path / 'torn.jsonl'}")
 
 
 def test_math_verify_scoring_and_aggregation_of_real_completions(tmp_path):
@@ -111,9 +119,6 @@ def test_math_verify_scoring_and_aggregation_of_real_completions(tmp_path):
     assert (s["problems"], s["samples"], s["timeouts"]) == (3, 4, 0)
 
 
-def _free_port() -> int:
-    # A random start keeps test sessions that run side by side off each other's ports.
-    return free_port(ports=range(random.randrange(18200, 18290), 18300))
 
 
 def test_igrpo_eval_end_to_end_on_a_real_vllm_server(tiny_qwen2, tmp_path):
@@ -146,7 +151,7 @@ def test_igrpo_eval_end_to_end_on_a_real_vllm_server(tiny_qwen2, tmp_path):
 model: {{hf_path: {model}}}
 data: {{preset: synthetic}}
 reward: {{num_workers: 1}}
-rollout: {{port: {_free_port()}, dtype: float32, max_model_len: 1024, kv_cache_memory_bytes: 268435456,
+rollout: {{port: {free_port()}, dtype: float32, max_model_len: 1024, kv_cache_memory_bytes: 268435456,
           max_prompt_tokens: 512, max_tokens: 512, enforce_eager: true, startup_timeout_s: 300,
           request_timeout_s: 120}}
 eval: {{benchmarks: ["math500={math500}", "amc23={amc}"], samples: 4, pass_k: [1, 2], max_tokens: 12,

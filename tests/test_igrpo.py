@@ -9,7 +9,6 @@ from igrpo_megatron.algorithms import (
     dynamic_sampling_mask,
     fit_draft,
     refinement_prompt_ids,
-    rollout_budget,
     select_best_drafts,
 )
 from igrpo_megatron.algorithms.igrpo import DEFAULT_TEMPLATE
@@ -60,15 +59,6 @@ def test_best_of_n_matches_the_papers_proposition():
 def test_dynamic_sampling_drops_zero_variance_groups():
     rewards = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 1.0], [2.0, 2.0, 2.0], [0.3, 0.3, 0.3], [0.3, 0.3, 0.31]])
     assert dynamic_sampling_mask(rewards).tolist() == [False, True, False, False, True]
-
-
-def test_rollout_budget():
-    b = rollout_budget(4, 4, num_prompts=16)
-    assert (b.drafts, b.refinements, b.total, b.per_prompt) == (64, 64, 128, 8)
-    grpo = rollout_budget(0, 8, num_prompts=16)
-    assert (grpo.drafts, grpo.refinements, grpo.total) == (0, 128, 128)
-    with pytest.raises(ValueError):
-        rollout_budget(-1, 4)
 
 
 def test_prompt_messages_wording_and_draft_delimiting():

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import time
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from igrpo_megatron.models.parallel import free_port
+from torchrun_util import REPO
+
 SLURM = os.path.join(REPO, "tests", "slurm")
 PY = os.path.join(REPO, ".venv", "bin", "python")
 
@@ -59,22 +62,23 @@ def _job_env(work, **extra) -> dict:
     cfg.write_text(f"data:\n  preset: synthetic\ntrain:\n  output_dir: {work}/run\n")
     return {
         "CONFIG": str(cfg), "ROLLOUT_NODES": "0", "GPUS_PER_NODE": "2", "SERVERS_PER_NODE": "2",
-        "RDZV_PORT": "18290", "LOG_ROOT": str(work / "logs"), "PROBE_OUT": str(work / "probe"),
+        "RDZV_PORT": str(free_port(host="0.0.0.0")), "LOG_ROOT": str(work / "logs"), "PROBE_OUT": str(work / "probe"),
         "OMP_NUM_THREADS": "1", "SERVE_CMD": f"{PY} tests/slurm/probe_serve.py",
         "TRAIN_ENTRY": "tests/slurm/probe_train.py", **extra,
     }
 
 
 def test_sbatch_starts_servers_then_one_torchrun_per_node_and_stops_servers(slurm_conf, tmp_path):
-    state, code, log = _sbatch(slurm_conf, tmp_path, _job_env(tmp_path), ["rollout.port=18280", "train.max_steps=1"])
+    port, env = free_port(count=2, host="0.0.0.0"), _job_env(tmp_path)
+    state, code, log = _sbatch(slurm_conf, tmp_path, env, [f"rollout.port={port}", "train.max_steps=1"])
     assert (state, code) == ("COMPLETED", "0:0"), log
     probe = tmp_path / "probe"
-    servers = [json.loads((probe / f"serve_{p}.json").read_text()) for p in (18280, 18281)]
+    servers = [json.loads((probe / f"serve_{p}.json").read_text()) for p in (port, port + 1)]
     ranks = [json.loads((probe / f"train_rank{r}.json").read_text()) for r in (0, 1)]
 
     # One key per job: 32 random bytes, the same for every server and every rank.
     key = servers[0]["api_key"]
-    assert len(key) == 64 and int(key, 16) >= 0
+    assert re.fullmatch("[0-9a-f]{64}", key), key
     assert {s["api_key"] for s in servers} | {r["api_key"] for r in ranks} == {key}
     # ... passed in the environment only: on no command line, in no log.
     assert key not in log
@@ -91,14 +95,14 @@ def test_sbatch_starts_servers_then_one_torchrun_per_node_and_stops_servers(slur
     # One torchrun per node (a 1-task srun step) with --nproc_per_node ranks that met through
     # the c10d rendezvous named after the job: all_reduce(rank + 1) over 2 ranks = 3.
     jobid = servers[0]["slurm_job_id"]
-    assert "--nnodes=1 --nproc_per_node=2 --rdzv_backend=c10d --rdzv_endpoint=localhost:18290" in log
+    assert f"--nnodes=1 --nproc_per_node=2 --rdzv_backend=c10d --rdzv_endpoint=localhost:{env['RDZV_PORT']}" in log
     assert [(r["rank"], r["world_size"], r["local_rank"]) for r in ranks] == [(0, 2, 0), (1, 2, 1)]
     assert [r["all_reduce"] for r in ranks] == [3.0, 3.0]
     assert {r["run_id"] for r in ranks} == {jobid}
     assert {r["slurm_step_tasks"] for r in ranks} == {"1"}
 
     # The trainer got every server's URL, the key opens them and its absence is refused.
-    urls = ["http://localhost:18280", "http://localhost:18281"]
+    urls = [f"http://localhost:{port}", f"http://localhost:{port + 1}"]
     assert [r["server_urls"] for r in ranks] == [urls, urls]
     assert ranks[0]["models_with_key"] == [200, 200]
     assert ranks[0]["models_without_key"] == [401, 401]
@@ -133,15 +137,16 @@ def test_sbatch_runs_the_real_trainer_for_one_step_against_the_servers_it_starte
     from igrpo_megatron.metrics import read_metrics
     from trainer_fixtures import tiny_run_config
 
-    run = tmp_path / "run"
+    run, port = tmp_path / "run", free_port(host="0.0.0.0")
     cfg = tiny_run_config(
-        tiny_qwen2, str(run), port=18285, data={"synthetic_size": 16},
+        tiny_qwen2, str(run), port=port, data={"synthetic_size": 16},
         rollout={"max_tokens": 8, "startup_timeout_s": 600, "refit_transport": "disk",
                  "refit_dir": str(tmp_path / "refit")},
         train={"prompts_per_step": 2, "max_steps": 1, "save_every": 100})
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
     env = {"CONFIG": str(tmp_path / "run.yaml"), "ROLLOUT_NODES": "0", "GPUS_PER_NODE": "2",
-           "SERVERS_PER_NODE": "1", "RDZV_PORT": "18291", "LOG_ROOT": str(tmp_path / "logs"), "OMP_NUM_THREADS": "1"}
+           "SERVERS_PER_NODE": "1", "RDZV_PORT": str(free_port(host="0.0.0.0")), "LOG_ROOT": str(tmp_path / "logs"),
+           "OMP_NUM_THREADS": "1"}
     state, code, log = _sbatch(slurm_conf, tmp_path, env, [], timeout=900)
     log += "".join(f"\n== {f}\n" + f.read_text()[-3000:] for f in (tmp_path / "logs").rglob("*.log"))
     assert (state, code) == ("COMPLETED", "0:0"), log
@@ -155,4 +160,4 @@ def test_sbatch_runs_the_real_trainer_for_one_step_against_the_servers_it_starte
     # The job ended only after the server's step did: nothing listens on its port (TIME_WAIT aside).
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("0.0.0.0", 18285))
+        s.bind(("0.0.0.0", port))

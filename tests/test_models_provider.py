@@ -6,6 +6,7 @@ import os
 import pytest
 
 from igrpo_megatron.config import ConfigError, ModelConfig, ParallelConfig
+from igrpo_megatron.models.logprobs import micro_batch_slices
 from igrpo_megatron.models.provider import check_layout, load_hf_config, padded_vocab_size, use_transformer_engine
 from torchrun_util import REPO, checks, run_torchrun
 
@@ -121,3 +122,10 @@ def test_cpu_support_redirects_cuda_placements():
                          env={**os.environ, "PYTHONPATH": REPO}, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split() == ["cpu", "cpu", "torch.float64", "cpu", "torch.cuda.FloatTensor", "cpu", "True"]
+
+
+def test_micro_batches_are_full_slices_of_the_rank_batch():
+    assert micro_batch_slices(6, 2) == [slice(0, 2), slice(2, 4), slice(4, 6)]
+    for rows in (0, 5):
+        with pytest.raises(ValueError, match=f"has {rows} rows, not a positive multiple of train.micro_batch_size=2"):
+            micro_batch_slices(rows, 2)

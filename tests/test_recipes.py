@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from igrpo_megatron.config import ConfigError, load_config
+from torchrun_util import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 import recipes  # noqa: E402  (recipes/ lives at the repository root, beside the package)

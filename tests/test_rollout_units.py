@@ -4,15 +4,18 @@ from __future__ import annotations
 import logging
 import os
 import shlex
+import socket
 
 import pytest
 
 from igrpo_megatron.cli.serve import main as serve_main
 from igrpo_megatron.config import ConfigError, RolloutConfig
+from igrpo_megatron.models.parallel import free_port
 from igrpo_megatron.rollout import RolloutServerError, ServerStartError, build_server_command, launch_server
 from igrpo_megatron.rollout.admin import parse_weight_version
 from igrpo_megatron.rollout.auth import API_KEY_ENV
-from igrpo_megatron.rollout.server import CPU_DEFAULT_KV_CACHE_BYTES, free_port, resolve_api_key, store_api_key
+from igrpo_megatron.rollout.retry import RETRY_STATUSES, backoff_s, transient_errors
+from igrpo_megatron.rollout.server import CPU_DEFAULT_KV_CACHE_BYTES, resolve_api_key, store_api_key
 
 
 def _flag(cmd: list[str], name: str) -> str:
@@ -88,3 +91,24 @@ def test_launch_failure_is_reported_with_the_server_log(tmp_path):
     with pytest.raises(ServerStartError, match=r"exited with code \d+ before becoming healthy") as err:
         launch_server(cfg, str(tmp_path / "no_such_model"), str(tmp_path / "server.log"), port=free_port())
     assert "no_such_model" in str(err.value).split("end of", 1)[1]  # the log tail names the culprit
+
+
+def test_free_ports_come_from_the_os_and_are_consecutive_when_asked():
+    first = free_port(count=3)
+    for port in range(first, first + 3):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))  # raises if the port were taken
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        assert free_port() != taken.getsockname()[1]
+
+
+def test_one_retry_rule_for_the_rollout_client_and_the_judge():
+    import aiohttp
+
+    assert sorted(RETRY_STATUSES) == [408, 429, 500, 502, 503, 504]
+    assert [backoff_s(k) for k in range(8)] == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    assert backoff_s(3, base_s=0.1, cap_s=0.5) == 0.5
+    assert issubclass(aiohttp.ServerDisconnectedError, transient_errors())
+    assert not issubclass(aiohttp.InvalidURL, transient_errors())  # a bad address stays bad

@@ -7,9 +7,11 @@ TP=1 x DP=2 with the HTTP refit transport.
 import json
 import os
 
+import pytest
 import yaml
 
 from igrpo_megatron.metrics import STEP_FIELDS, read_metrics
+from igrpo_megatron.models.parallel import free_port
 from torchrun_util import REPO, run_torchrun
 from trainer_fixtures import tiny_run_config
 
@@ -19,7 +21,7 @@ PROMPTS_PER_STEP = 4
 
 def _config(tmp_path, model_dir) -> str:
     cfg = tiny_run_config(
-        model_dir, str(tmp_path / "run"), port=18120,
+        model_dir, str(tmp_path / "run"), port=free_port(),
         data={"synthetic_size": 64}, rollout={"max_tokens": 12, "startup_timeout_s": 400, "temperature": 0.7},
         train={"prompts_per_step": PROMPTS_PER_STEP, "max_steps": 3, "save_every": 1, "keep_last": 2,
                "mini_batches": 2},
@@ -54,8 +56,16 @@ def test_train_refit_checkpoint_resume(tmp_path, tiny_qwen2):
         assert r["rollout_weight_version"] == r["step"] - 1
         assert r["prompts_consumed"] == r["step"] * PROMPTS_PER_STEP
         assert r["num_samples"] == PROMPTS_PER_STEP * 2
-        assert r["best_draft_acc_bound"] >= 0 and r["time_step_s"] > 0 and r["tokens_per_s"] > 0
+        # 1 - (1 - p)^N over this step's drafts (N = 2, p = their accuracy), and the phases are disjoint
+        # intervals of the step, each measured.
+        assert r["best_draft_acc_bound"] == pytest.approx(1 - (1 - r["draft_acc"]) ** 2)
+        phases = [r[f"time_{phase}_s"] for phase in ("rollout", "logprobs", "train", "refit")]
+        assert min(phases) > 0 and r["time_step_s"] >= sum(phases) - 1e-6, (phases, r["time_step_s"])
+        assert r["tokens_per_s"] > 0
         assert_training_figures(r)
+        # the Refitter's own figures reach the record: the weights went over, inside the refit's time
+        assert r["refit_tensors"] > 0 and r["refit_mb"] > 0
+        assert r["refit_pause_s"] + r["refit_load_s"] <= r["time_refit_s"]
         # every sample of the step (drafts and refinements) went through the reward pool
         assert r["reward_items"] == r["step"] * PROMPTS_PER_STEP * 4 and r["reward_timeouts"] == 0
     ckpts = sorted(os.listdir(run_dir / "checkpoints"))

@@ -1,4 +1,5 @@
-"""The trainer's own pure pieces: rollout metrics, batch building, DP sharding, plots (hand-computed)."""
+"""The loop's pure pieces: rollout metrics, the step record, batch building, DP sharding, plots
+(hand-computed), and the order of the two stages' requests."""
 import asyncio
 import json
 import math
@@ -8,9 +9,10 @@ import pytest
 import torch
 
 from igrpo_megatron.config import load_config
-from igrpo_megatron.metrics import PromptRollout, read_metrics, rollout_metrics
+from igrpo_megatron.batch import build_train_batch, pack_rows, shard_for_data_parallel
+from igrpo_megatron.metrics import mean_over_updates, read_metrics, rollout_metrics, train_record
 from igrpo_megatron.rollout.client import Sample
-from igrpo_megatron.trainer import Prompt, TwoStageRollout, _train_record, build_train_batch, shard_for_data_parallel
+from igrpo_megatron.rollout.two_stage import PromptRollout, TokenizedPrompt, TwoStageRollout
 
 
 def _group(index, drafts_acc, best, acc, prompt_len=3, resp_len=2):
@@ -46,13 +48,39 @@ def test_rollout_metrics_hand_computed():
 
 
 def test_train_record_names_the_loss_figures_and_marks_a_step_without_update():
-    rec = _train_record({"entropy": 0.5, "approx_kl": 0.01, "mismatch_abs_diff": 1e-6, "clip_frac_low": 0.1,
+    rec = train_record({"entropy": 0.5, "approx_kl": 0.01, "mismatch_abs_diff": 1e-6, "clip_frac_low": 0.1,
                          "clip_frac_high": 0.2, "loss": 1.5})
     assert (rec["entropy"], rec["kl"], rec["logprob_mismatch"], rec["loss"]) == (0.5, 0.01, 1e-6, 1.5)
     assert rec["clip_frac"] == pytest.approx(0.3)
-    empty = _train_record({})  # dynamic sampling dropped every group: no update, no figures
+    empty = train_record({})  # dynamic sampling dropped every group: no update, no figures
     assert set(empty) == {"entropy", "kl", "logprob_mismatch", "clip_frac"}
     assert all(math.isnan(v) for v in empty.values())
+
+
+def test_update_figures_are_the_mean_over_mini_batches_and_epochs():
+    """Two mini-batches x two PPO epochs with different clip fractions: the step logs their mean,
+    not the last one's figures; a ``*_max`` figure keeps the max, and ``train_record`` names it."""
+    updates = [{"entropy": e, "approx_kl": kl, "mismatch_abs_diff": 0.0, "clip_frac_low": low, "clip_frac_high": 0.0,
+                "mismatch_ratio_max": r, "loss": 1.0}
+               for e, kl, low, r in [(1.0, 0.0, 0.0, 1.5), (0.8, 0.02, 0.1, 1.1), (0.6, 0.04, 0.3, 2.5),
+                                     (0.4, 0.06, 0.4, 1.2)]]
+    m = mean_over_updates(updates)
+    assert m["clip_frac_low"] == pytest.approx(0.2) and m["entropy"] == pytest.approx(0.7)
+    assert m["approx_kl"] == pytest.approx(0.03) and m["mismatch_ratio_max"] == 2.5
+    rec = train_record(m)
+    assert rec["clip_frac"] == pytest.approx(0.2) and rec["kl"] == pytest.approx(0.03)
+    assert rec["clip_frac"] != train_record(updates[-1])["clip_frac"]
+    assert mean_over_updates([]) == {}
+
+
+def test_pack_rows_right_pads_and_masks_the_response():
+    batch = pack_rows([[7, 8], [9]], [[1, 2, 3], [4]], torch.tensor([0.5, -0.5]), pad_id=0,
+                      response_logprobs=[[-0.1, -0.2, -0.3], [-0.4]])
+    assert batch.tokens.tolist() == [[7, 8, 1, 2, 3], [9, 4, 0, 0, 0]]
+    assert batch.response_mask.tolist() == [[0, 0, 1, 1, 1], [0, 1, 0, 0, 0]]
+    assert torch.allclose(batch.rollout_logprobs, torch.tensor([[0, 0, -0.1, -0.2, -0.3], [0, -0.4, 0, 0, 0]]))
+    assert pack_rows([[7]], [[1]], torch.zeros(1), pad_id=0).rollout_logprobs is None
+    assert len(pack_rows([], [], torch.zeros(0), pad_id=0)) == 0
 
 
 def test_train_batch_layout_and_dynamic_sampling():
@@ -153,7 +181,7 @@ def _two_stage(tiny_qwen2, overrides, hold_second=True, timeout_s=60.0):
 
     cfg = load_config(None, ["data.preset=synthetic", "reward.num_workers=1", *overrides])
     tok = AutoTokenizer.from_pretrained(tiny_qwen2)
-    prompts = [Prompt(f"p{i}", q, a, format_prompt(tok, build_prompt_messages(q)))
+    prompts = [TokenizedPrompt(f"p{i}", q, a, format_prompt(tok, build_prompt_messages(q)))
                for i, (q, a) in enumerate([("What is 1 + 1?", "2"), ("What is 2 + 5?", "7")])]
     draft = tok.encode("<think>1 + 1 = 2</think> <answer>2</answer>", add_special_tokens=False)
     client = ScriptedClient(draft + [tok.eos_token_id], held=prompts[1].prompt_ids if hold_second else None)

@@ -74,9 +74,3 @@ def compute_advantages(rewards: Tensor, kind: str) -> Tensor:
     if not torch.isfinite(rewards).all():
         raise ValueError("rewards contain NaN or inf; the reward function must score every sample")
     return estimator(rewards.float())
-
-
-def token_advantages(advantages: Tensor, mask: Tensor) -> Tensor:
-    """Broadcast per-sequence advantages ``[B]`` to tokens ``[B, T]``: every response token of a
-    completion shares its advantage (outcome reward); 0 outside ``mask``."""
-    return advantages[:, None].to(torch.float32) * mask.to(torch.float32)

@@ -1,6 +1,6 @@
 """The iGRPO wrapper's own pieces (Iterative GRPO, arXiv 2602.09000): best-draft selection, the
-prompt wording for both stages, fitting a draft into the prompt budget, the rollout budget, and
-DAPO's dynamic-sampling filter.
+prompt wording for both stages, fitting a draft into the prompt budget, and DAPO's
+dynamic-sampling filter.
 
 This module owns ALL prompt wording of the project (stage-1 / GRPO prompts and stage-2 refinement
 prompts), so one edit changes what the model is told everywhere. Functions that touch token ids
@@ -57,36 +57,6 @@ def dynamic_sampling_mask(rewards: Tensor) -> Tensor:
     if rewards.dim() != 2:
         raise ValueError(f"rewards must be [num_prompts, group_size], got {tuple(rewards.shape)}")
     return rewards.amax(dim=1) != rewards.amin(dim=1)
-
-
-# ------------------------------------------------------------------------------ rollout budget
-
-
-@dataclass(frozen=True)
-class RolloutBudget:
-    """Samples generated for ``num_prompts`` prompts. Only refinements are trained on; drafts are
-    context. The paper matches ``per_prompt`` with GRPO's group size (N + G = 8)."""
-
-    num_prompts: int
-    drafts: int  # N * prompts, stage 1
-    refinements: int  # G * prompts, stage 2 (the trained sequences)
-
-    @property
-    def total(self) -> int:
-        return self.drafts + self.refinements
-
-    @property
-    def per_prompt(self) -> int:
-        return self.total // self.num_prompts
-
-
-def rollout_budget(num_drafts: int, num_refinements: int, num_prompts: int = 1) -> RolloutBudget:
-    """Budget of one step. ``num_drafts = 0`` is plain GRPO: one stage with ``num_refinements``
-    samples per prompt, trained on directly."""
-    if num_drafts < 0 or num_refinements < 1 or num_prompts < 1:
-        raise ValueError(f"need num_drafts >= 0, num_refinements >= 1, num_prompts >= 1; got "
-                         f"{num_drafts}, {num_refinements}, {num_prompts}")
-    return RolloutBudget(num_prompts, num_drafts * num_prompts, num_refinements * num_prompts)
 
 
 # ------------------------------------------------------------------------------ prompt wording

@@ -1,8 +1,9 @@
 """Distributed checkpoints: save, resume bit-exactly, reload at another TP x PP layout.
 
-The trainer calls :func:`save_checkpoint` every ``train.save_every`` steps and, at start-up,
-:func:`find_latest` + :func:`load_checkpoint` when ``train.resume`` is set.
+The trainer holds a :class:`Checkpointer`, which decides when to save (:func:`save_checkpoint`)
+and, at start-up, what to resume from (:func:`find_latest` + :func:`load_checkpoint`).
 """
+from igrpo_megatron.checkpoint.checkpointer import Checkpointer, Resumed
 from igrpo_megatron.checkpoint.directory import complete_checkpoints, find_latest
 from igrpo_megatron.checkpoint.dist_checkpoint import (
     CheckpointError,
@@ -14,7 +15,9 @@ from igrpo_megatron.checkpoint.dist_checkpoint import (
 
 __all__ = [
     "CheckpointError",
+    "Checkpointer",
     "LoadedCheckpoint",
+    "Resumed",
     "complete_checkpoints",
     "find_latest",
     "load_checkpoint",

@@ -7,9 +7,19 @@ validated) and exits without touching torch.distributed: the way to check a run 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 
 from igrpo_megatron.config import ConfigError, dump_yaml, load_config
+
+
+def exit_through_close_on_sigterm() -> None:
+    """torchrun SIGTERMs the survivors when a rank dies: rank 0 then exits through the trainer's
+    ``close()`` (SystemExit unwinds its ``with``), so the rollout server (its own process group)
+    and the reward workers do not outlive the job."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from igrpo_megatron.trainer import train
 
+        exit_through_close_on_sigterm()
         train(cfg)  # checks that need the world size or the model shape raise ConfigError here
     except ConfigError as e:
         print(f"igrpo-train: config error: {e}", file=sys.stderr)

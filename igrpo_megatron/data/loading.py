@@ -16,7 +16,8 @@ MATH's gold answer is the last ``\\boxed{}`` of the reference solution. (The ori
 train problems with the same fields. Any copy works through ``data.source``.)
 
 Local files are read row by row here rather than through ``datasets``, so that a bad row is
-reported with its file, row and field instead of an Arrow cast error about the whole column.
+reported with its file, row and field instead of an Arrow cast error about the whole column;
+:func:`read_local_rows` is the one reader of local files, for training data and eval benchmarks.
 """
 from __future__ import annotations
 
@@ -129,13 +130,18 @@ def _is_local(source: str) -> bool:
 
 
 def _read_rows(source: str, split: str) -> Iterator[tuple[int, Any]]:
-    """(1-based row, record) pairs; for jsonl the row is the line number."""
-    if not _is_local(source):
-        yield from enumerate(_load_hub(source, split), start=1)
-        return
+    if _is_local(source):
+        return read_local_rows(source, "data.source")
+    return enumerate(_load_hub(source, split), start=1)
+
+
+def read_local_rows(source: str, field: str) -> Iterator[tuple[int, Any]]:
+    """(1-based row, record) pairs of a jsonl / json / parquet file; for jsonl the row is the line
+    number, and a line that does not parse is yielded as a record that is not a dict. ``field``
+    names the setting that gave ``source``, for the error messages."""
     path = os.path.expanduser(source)
     if not os.path.isfile(path):
-        raise DataError(f"data.source {source}: file not found")
+        raise DataError(f"{field} {source}: file not found")
     if path.endswith(".jsonl"):
         with open(path, encoding="utf-8") as f:
             for line_no, line in enumerate(f, start=1):
@@ -161,7 +167,7 @@ def _read_rows(source: str, split: str) -> Iterator[tuple[int, Any]]:
 
         yield from enumerate(pq.read_table(path).to_pylist(), start=1)
     else:
-        raise DataError(f"data.source {source}: unsupported file type; use one of {', '.join(LOCAL_FORMATS)}")
+        raise DataError(f"{field} {source}: unsupported file type; use one of {', '.join(LOCAL_FORMATS)}")
 
 
 @dataclass(frozen=True)

@@ -77,12 +77,12 @@ def warmup_batch(trainer, items, rng: random.Random):
     import torch
 
     from igrpo_megatron.algorithms.igrpo import build_prompt_messages, refinement_prompt_ids
-    from igrpo_megatron.batch import TrainBatch
+    from igrpo_megatron.batch import pack_rows
     from igrpo_megatron.data.chat import format_prompt
 
     tok = trainer.tokenizer
     eos = [tok.eos_token_id]
-    rows = []
+    prompts, targets = [], []
     for i, item in enumerate(items):
         target = tok.encode(solution_text(item.question, item.answer), add_special_tokens=False) + eos
         if i % 2 == 0:
@@ -93,14 +93,9 @@ def warmup_batch(trainer, items, rng: random.Random):
             prompt = refinement_prompt_ids(
                 item.question, draft, render=trainer.rollout.render, encode=trainer.rollout.encode,
                 max_prompt_tokens=trainer.cfg.rollout.max_prompt_tokens)
-        rows.append((list(prompt), target))
-    width = max(len(p) + len(t) for p, t in rows)
-    tokens = torch.full((len(rows), width), trainer.pad_id, dtype=torch.long)
-    mask = torch.zeros(len(rows), width)
-    for r, (p, t) in enumerate(rows):
-        tokens[r, :len(p) + len(t)] = torch.tensor(p + t)
-        mask[r, len(p):len(p) + len(t)] = 1.0
-    return TrainBatch(tokens=tokens, response_mask=mask, advantages=torch.zeros(len(rows)))
+        prompts.append(list(prompt))
+        targets.append(target)
+    return pack_rows(prompts, targets, torch.zeros(len(prompts)), trainer.pad_id)
 
 
 def set_learning_rate(policy, lr: float) -> None:
@@ -113,8 +108,9 @@ def set_learning_rate(policy, lr: float) -> None:
 def warm_up(trainer, steps: int, batch_size: int, seed: int) -> None:
     """``steps`` supervised steps on the synthetic task through the policy's own train step."""
     from igrpo_megatron.algorithms.losses import sft_loss
+    from igrpo_megatron.batch import shard_for_data_parallel
     from igrpo_megatron.data.synthetic import synthetic_examples
-    from igrpo_megatron.trainer import broadcast_object, shard_for_data_parallel
+    from igrpo_megatron.models import broadcast_object
 
     rng = random.Random(seed)
     d = trainer.cfg.data
@@ -152,13 +148,14 @@ def task_accuracy(trainer, num_prompts: int, samples: int, seed: int) -> float:
             jobs.append(trainer.rollout.sample_and_score(ids, samples, item.question, item.answer))
         return await asyncio.gather(*jobs)
 
-    results = trainer.loop.run_until_complete(run())
+    results = trainer.conn.loop.run_until_complete(run())
     accuracy = [a for _, _, acc in results for a in acc]
     return sum(accuracy) / len(accuracy)
 
 
 def worker(argv: list[str]) -> None:
     """Body of each torchrun rank."""
+    from igrpo_megatron.cli.train import exit_through_close_on_sigterm
     from igrpo_megatron.config import load_config
     from igrpo_megatron.trainer import Trainer
 
@@ -172,6 +169,7 @@ def worker(argv: list[str]) -> None:
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_intermixed_args(argv)  # the launcher puts options after some overrides
     cfg = load_config(args.config, args.overrides)
+    exit_through_close_on_sigterm()
     if int(os.environ.get("RANK", "0")) == 0:
         print("[demo] building the Megatron model and starting the vLLM server (~30-60 s)", flush=True)
     with Trainer(cfg) as trainer:

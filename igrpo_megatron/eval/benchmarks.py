@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
 from igrpo_megatron.config import ConfigError
+from igrpo_megatron.data.examples import DataError
+from igrpo_megatron.data.loading import read_local_rows
 from igrpo_megatron.registry import Registry
-
-LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,8 @@ for _b in [
 
 @dataclass(frozen=True)
 class Problem:
+    """One benchmark row to evaluate: eval's counterpart of ``data.Example`` (``problem`` is the question)."""
+
     id: str  # "<benchmark>:<row>", row 1-based in the source
     problem: str
     answer: str
@@ -69,11 +71,11 @@ def _gold(value: Any, bench: Benchmark, where: str) -> str:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"{where}: field {bench.answer_field!r} is {value!r}, expected a non-empty answer")
+        raise DataError(f"{where}: field {bench.answer_field!r} is {value!r}, expected a non-empty answer")
     if bench.answer_after:
         if bench.answer_after not in value:
-            raise ConfigError(f"{where}: field {bench.answer_field!r} has no {bench.answer_after!r} "
-                              f"before its final answer")
+            raise DataError(f"{where}: field {bench.answer_field!r} has no {bench.answer_after!r} "
+                            f"before its final answer")
         value = value.rsplit(bench.answer_after, 1)[1].replace(",", "")
     return value.strip()
 
@@ -83,13 +85,15 @@ def to_problems(rows: Iterable[dict], bench: Benchmark, source: str) -> list[Pro
     out = []
     for i, row in enumerate(rows, start=1):
         where = f"{bench.name} ({source}) row {i}"
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: not a JSON object of fields")
         for f in (bench.problem_field, bench.answer_field):
             if row.get(f) is None:  # a jsonl row lacking a field others have reads as None
-                raise ConfigError(f"{where}: no field {f!r}; {bench.name} reads "
-                                  f"{bench.problem_field!r} and {bench.answer_field!r}")
+                raise DataError(f"{where}: no field {f!r}; {bench.name} reads "
+                                f"{bench.problem_field!r} and {bench.answer_field!r}")
         problem = row[bench.problem_field]
         if not isinstance(problem, str) or not problem.strip():
-            raise ConfigError(f"{where}: field {bench.problem_field!r} is empty or not text")
+            raise DataError(f"{where}: field {bench.problem_field!r} is empty or not text")
         out.append(Problem(f"{bench.name}:{i}", problem, _gold(row[bench.answer_field], bench, where)))
     return out
 
@@ -97,21 +101,18 @@ def to_problems(rows: Iterable[dict], bench: Benchmark, source: str) -> list[Pro
 def load_benchmark(spec: str, data_dir: Optional[str] = None, limit: Optional[int] = None
                    ) -> tuple[Benchmark, list[Problem]]:
     """The problems of one ``eval.benchmarks`` entry, from its local file or the hub."""
-    import datasets
-
     bench, path = resolve(spec, data_dir)
     if path:
-        fmt = LOCAL_FORMATS.get(os.path.splitext(path)[1])
-        if fmt is None or not os.path.isfile(path):
-            raise ConfigError(f"eval.benchmarks: {spec}: need an existing {'/'.join(LOCAL_FORMATS)} file")
-        rows, source = datasets.load_dataset(fmt, data_files=path, split="train"), path
+        rows, source = [record for _, record in read_local_rows(path, f"eval.benchmarks {bench.name}")], path
     else:
+        import datasets
+
         try:
             rows = datasets.load_dataset(bench.hub, bench.subset, split=bench.split)
         except Exception as e:  # noqa: BLE001 - offline, renamed, gated: one hint covers them
-            raise ConfigError(f"{bench.name}: cannot load {bench.hub} from the hub ({type(e).__name__}: {e}); "
-                              f"on an offline machine export it elsewhere and pass {bench.name}=/path/file.jsonl "
-                              f"or eval.data_dir") from e
+            raise DataError(f"{bench.name}: cannot load {bench.hub} from the hub ({type(e).__name__}: {e}); "
+                            f"on an offline machine export it elsewhere and pass {bench.name}=/path/file.jsonl "
+                            f"or eval.data_dir") from e
         source = bench.hub
     problems = to_problems(rows, bench, source)
     return bench, problems[:limit] if limit else problems

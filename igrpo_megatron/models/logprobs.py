@@ -151,11 +151,12 @@ def model_forward_step(
     return forward_step
 
 
-def _split(tokens: torch.Tensor, micro_batch_size: int) -> list[SimpleNamespace]:
-    n = tokens.shape[0]
-    if n == 0 or n % micro_batch_size:
-        raise ValueError(f"batch of {n} rows is not a positive multiple of micro_batch_size={micro_batch_size}")
-    return [SimpleNamespace(tokens=tokens[i:i + micro_batch_size]) for i in range(0, n, micro_batch_size)]
+def micro_batch_slices(rows: int, micro_batch_size: int) -> list[slice]:
+    """The rows of each micro-batch; every one is full, as Megatron's schedule assumes."""
+    if rows == 0 or rows % micro_batch_size:
+        raise ValueError(f"this rank's batch has {rows} rows, not a positive multiple of "
+                         f"train.micro_batch_size={micro_batch_size}; pad it (see trainer.shard_for_data_parallel)")
+    return [slice(i, i + micro_batch_size) for i in range(0, rows, micro_batch_size)]
 
 
 @torch.no_grad()
@@ -178,7 +179,7 @@ def compute_logprobs(
     from igrpo_megatron.weights.mapping import unwrap
 
     vocab_size = getattr(unwrap(model_chunks[0]), "hf_vocab_size", None)
-    micro = _split(tokens, micro_batch_size)
+    micro = [SimpleNamespace(tokens=tokens[s]) for s in micro_batch_slices(tokens.shape[0], micro_batch_size)]
 
     def collect(lp, ent, mb):
         return lp.new_zeros(()), {"logprobs": lp, "entropy": ent}

@@ -42,10 +42,29 @@ class ParallelInfo:
         return self.pp_rank == self.pp_size - 1
 
 
-def _free_port() -> int:
+def free_port(count: int = 1, host: str = "127.0.0.1") -> int:
+    """The first of ``count`` consecutive ports on ``host`` that nothing listens on now.
+
+    The OS picks the first one from its ephemeral range, so processes that ask at the same time
+    (a world of one, test sessions side by side, servers of one node) get different ports. The
+    ports are free when returned, not reserved: bind them soon.
+    """
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind((host, 0))
+            first = s.getsockname()[1]
+        if all(_bindable(host, port) for port in range(first + 1, first + count)):
+            return first
+    raise RuntimeError(f"no {count} consecutive free ports on {host} after 100 tries")
+
+
+def _bindable(host: str, port: int) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        try:
+            s.bind((host, port))
+            return True
+        except OSError:
+            return False
 
 
 def _init_process_group() -> None:
@@ -58,7 +77,7 @@ def _init_process_group() -> None:
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         dist.init_process_group(backend)
     else:  # a plain process: a world of one on a private port
-        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
 
 
 def initialize_parallel(parallel_cfg: ParallelConfig, seed: int = 1234) -> ParallelInfo:
@@ -114,3 +133,12 @@ def destroy_parallel(destroy_process_group: bool = False) -> None:
         parallel_state.destroy_model_parallel()
     if destroy_process_group and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def broadcast_object(obj, src: int = 0):
+    """Rank ``src``'s Python object on every rank (pickled over the default group)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]

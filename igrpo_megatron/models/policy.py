@@ -16,8 +16,8 @@ import torch
 import torch.distributed as dist
 
 from igrpo_megatron.batch import TrainBatch
-from igrpo_megatron.config import Config, ConfigError
-from igrpo_megatron.models.logprobs import compute_logprobs, model_forward_step
+from igrpo_megatron.config import Config, ConfigError, TrainConfig
+from igrpo_megatron.models.logprobs import compute_logprobs, micro_batch_slices, model_forward_step
 from igrpo_megatron.models.parallel import current_device
 from igrpo_megatron.models.provider import HFModelConfig, build_model
 
@@ -41,12 +41,9 @@ def _to_device(batch: TrainBatch) -> TrainBatch:
     return TrainBatch(**{k: None if v is None else v.to(device) for k, v in vars(batch).items()})
 
 
-def _micro_batches(batch: TrainBatch, micro_batch_size: int) -> list[TrainBatch]:
-    rows = len(batch)
-    if rows == 0 or rows % micro_batch_size:
-        raise ValueError(f"this rank's batch has {rows} rows, not a positive multiple of "
-                         f"train.micro_batch_size={micro_batch_size}; pad it (see trainer.shard_for_data_parallel)")
-    return [batch.select(slice(i, i + micro_batch_size)) for i in range(0, rows, micro_batch_size)]
+def optimizer_steps(train: TrainConfig, iterations: int) -> int:
+    """The LR schedule's length: every iteration takes ``ppo_epochs x mini_batches`` optimizer steps."""
+    return iterations * train.ppo_epochs * train.mini_batches
 
 
 class Policy:
@@ -100,7 +97,7 @@ class Policy:
             if t.max_steps is None:
                 raise ConfigError("the LR schedule needs its length: set train.max_steps, or pass total_steps "
                                   "(optimizer steps = iterations x train.ppo_epochs x train.mini_batches) to Policy")
-            total_steps = t.max_steps * t.ppo_epochs * t.mini_batches
+            total_steps = optimizer_steps(t, t.max_steps)
         config = self.model_chunks[0].config
         self.optimizer = get_megatron_optimizer(
             OptimizerConfig(
@@ -170,7 +167,7 @@ class Policy:
             raise RuntimeError("train_step on a frozen (reference) model")
         mbs = micro_batch_size or self.cfg.train.micro_batch_size
         batch = _to_device(batch)
-        micro = _micro_batches(batch, mbs)
+        micro = [batch.select(s) for s in micro_batch_slices(len(batch), mbs)]
         denominators = global_denominators(batch)
         scale = len(micro) * ps.get_data_parallel_world_size()
 

@@ -11,7 +11,10 @@ from typing import NamedTuple, Optional, Protocol, Sequence
 
 
 class RewardItem(NamedTuple):
-    """One completion to score. A plain ``(completion, gold)`` tuple is accepted everywhere."""
+    """One sampled completion to score against its question's gold answer (a prompt has N + G of them).
+
+    A plain ``(completion, gold)`` tuple is accepted everywhere.
+    """
 
     completion: str
     gold: str

@@ -19,11 +19,11 @@ import aiohttp
 from igrpo_megatron.config import ConfigError, RewardConfig
 from igrpo_megatron.rewards.base import RewardItem, RewardResult, as_items, make_result
 from igrpo_megatron.rewards.extract import format_reward
+from igrpo_megatron.rollout.retry import RETRY_STATUSES, backoff_s, transient_errors
 
 FENCES = ("judge_problem", "judge_reference_answer", "judge_solution")
 _FENCE_TAG_RE = re.compile(r"<\s*/?\s*(?:%s)\s*>" % "|".join(FENCES), re.IGNORECASE)
 _SCORE_RE = re.compile(r"score\s*[:=]\s*\**\s*([-+]?\d*\.?\d+)", re.IGNORECASE)
-_BACKOFF_S = 0.5  # first retry delay; doubles on each retry
 
 JUDGE_SYSTEM_PROMPT = (
     "You grade solutions to math problems. The user message contains three fenced blocks: "
@@ -129,24 +129,24 @@ class JudgeReward:
         return make_result(score, fmt, self.cfg.accuracy_weight, self.cfg.format_weight, error=error)
 
     async def _ask(self, session: aiohttp.ClientSession, messages: list[dict]) -> str:
-        """The judge's reply text; retries connection errors, 429 and 5xx with exponential backoff."""
+        """The judge's reply text; transient failures (``rollout/retry.py``) are retried with backoff."""
         body = {"model": self.cfg.judge_model, "messages": messages,
                 "max_tokens": self.cfg.judge_max_tokens, "temperature": 0.0}
         last = ""
         for attempt in range(self.cfg.judge_max_retries + 1):
             if attempt:
                 self._counts["retries"] += 1
-                await asyncio.sleep(_BACKOFF_S * 2 ** (attempt - 1))
+                await asyncio.sleep(backoff_s(attempt - 1))
             try:
                 async with session.post(self.endpoint, json=body) as resp:
-                    if resp.status == 429 or resp.status >= 500:
+                    if resp.status in RETRY_STATUSES:
                         last = f"HTTP {resp.status}"
                         continue
                     if resp.status != 200:
                         raise _RequestFailed(f"judge {self.endpoint} answered HTTP {resp.status}: "
                                              f"{(await resp.text())[:200]}")
                     data = await resp.json(content_type=None)
-            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError) as e:
+            except transient_errors() as e:
                 last = f"{type(e).__name__}: {e}"
                 continue
             except ValueError as e:  # not JSON

@@ -6,9 +6,9 @@ returns, per sample, the generated token ids, their logprobs and the weight-vers
 engine recorded for those tokens, so every :class:`Sample` carries the version that actually
 produced it (see ``refit.py`` for why this is exact across updates).
 
-Prompts are spread round-robin over several servers under a concurrency limit. Connection
-errors, timeouts, 5xx/429 answers and aborted samples are retried with exponential backoff on the
-next server; a request that still fails raises :class:`RolloutError`. A batch is never returned
+Prompts are spread round-robin over several servers under a concurrency limit. Transient failures
+(``retry.py`` says which) and aborted samples are retried with exponential backoff on the next
+server; a request that still fails raises :class:`RolloutError`. A batch is never returned
 short: either every prompt has its ``n`` samples or the call raises.
 """
 from __future__ import annotations
@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional, Sequence
 
 from igrpo_megatron.rollout.admin import RolloutServerError, parse_weight_version
+from igrpo_megatron.rollout.retry import RETRY_STATUSES, backoff_s, transient_errors
 
 if TYPE_CHECKING:
     from igrpo_megatron.config import RolloutConfig
 
 GENERATE_PATH = "/inference/v1/generate"
-RETRY_STATUSES = {408, 429, 500, 502, 503, 504}
 
 
 class RolloutError(RuntimeError):
@@ -149,10 +149,11 @@ class RolloutClient:
                     samples = await self._post(session, url, body, prompt_ids, n)
                 except _Retry as e:
                     errors.append(f"{url}: {e}")
-                    self._down_until[idx] = time.monotonic() + self.backoff_s * 2 ** attempt
+                    delay = backoff_s(attempt, self.backoff_s, self.max_backoff_s)
+                    self._down_until[idx] = time.monotonic() + delay
                     if attempt < self.max_retries:
                         self.retries += 1
-                        await asyncio.sleep(min(self.max_backoff_s, self.backoff_s * 2 ** attempt))
+                        await asyncio.sleep(delay)
                     continue
                 return self._check_stale(samples)
         raise RolloutError(f"generation failed after {self.max_retries + 1} attempts over "
@@ -211,13 +212,11 @@ class RolloutClient:
         return next(self._next)
 
     async def _post(self, session, url: str, body: dict, prompt_ids: list[int], n: int) -> list[Sample]:
-        import aiohttp
-
         try:
             async with session.post(url + GENERATE_PATH, json=body) as resp:
                 text = await resp.text()
                 status = resp.status
-        except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as e:
+        except transient_errors() as e:
             raise _Retry(f"{type(e).__name__}: {e}") from None
         if status in RETRY_STATUSES:
             raise _Retry(f"HTTP {status}: {text[:300]}")

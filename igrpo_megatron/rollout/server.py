@@ -85,18 +85,6 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def free_port(host: str = "127.0.0.1", ports: range = range(18000, 18100)) -> int:
-    """A port of ``ports`` that nothing listens on now (for tests, benchmarks, several servers per node)."""
-    for port in ports:
-        with socket.socket() as s:
-            try:
-                s.bind((host, port))
-                return port
-            except OSError:
-                continue
-    raise RuntimeError(f"no free port in {ports.start}-{ports.stop - 1} on {host}")
-
-
 def server_url(host: str, port: int) -> str:
     """The address clients use; a wildcard bind is reached through this machine's name."""
     reach = socket.gethostname() if host in ("0.0.0.0", "::", "") else host

@@ -10,7 +10,7 @@
 - :mod:`~igrpo_megatron.weights.hf_io`: lazy safetensors reader and sharded writer.
 """
 from igrpo_megatron.weights.arch import ArchSpec, arch_spec, register, registered_model_types
-from igrpo_megatron.weights.export import bucketize, export_hf_weights, iter_hf_weights
+from igrpo_megatron.weights.export import bucketize, drain, export_hf_weights, iter_hf_weights
 from igrpo_megatron.weights.hf_io import HFSafetensors, copy_non_weight_files, save_safetensors_shards
 from igrpo_megatron.weights.load import load_hf_weights, unused_hf_tensors
 from igrpo_megatron.weights.mapping import WeightMap, WeightMappingError
@@ -23,6 +23,7 @@ __all__ = [
     "arch_spec",
     "bucketize",
     "copy_non_weight_files",
+    "drain",
     "export_hf_weights",
     "iter_hf_weights",
     "load_hf_weights",

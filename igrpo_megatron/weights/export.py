@@ -8,7 +8,8 @@ Collective contract -- read before calling:
 
 * **Every rank** of the job calls :func:`export_hf_weights` / :func:`iter_hf_weights` with the same
   arguments and **exhausts the iterator**; the collectives run while it is iterated. Ranks other
-  than the exporter get an iterator that yields nothing (it still has to be run to its end).
+  than the exporter get an iterator that yields nothing (it still has to be run to its end:
+  :func:`drain`).
 * The exporter is global rank 0. Only it receives tensors: everything it yields is on rank 0's
   device (the model's), in the model's dtype unless ``dtype`` is given.
 * Inside a pipeline stage, the ranks of the data-parallel-0 / context-parallel-0 replica
@@ -43,6 +44,13 @@ def bucketize(pairs: Iterable[tuple[str, torch.Tensor]], bucket_bytes: int) -> I
         yield bucket
 
 
+def drain(collective: Iterable) -> None:
+    """Run a collective iterator to its end, dropping what it yields: what a rank that takes part
+    in the gathers and sends, but receives nothing, does with :func:`export_hf_weights`."""
+    for _ in collective:
+        pass
+
+
 def export_hf_weights(model_chunks, hf_cfg, bucket_bytes: int = 512 << 20, *, dtype: Optional[torch.dtype] = None,
                       weight_map: Optional[WeightMap] = None) -> Iterator[list[tuple[str, torch.Tensor]]]:
     """Buckets of ``(hf_name, full tensor)`` on global rank 0; see the module docstring for the contract."""
@@ -63,8 +71,7 @@ def iter_hf_weights(model_chunks, hf_cfg, *, dtype: Optional[torch.dtype] = None
     stage_ranks = dist.get_process_group_ranks(ps.get_pipeline_model_parallel_group())
     exporter = stage_ranks[0]
     if tp_rank != 0:  # a gather participant only
-        for _ in _hf_tensors(params, wmap, dtype):
-            pass
+        drain(_hf_tensors(params, wmap, dtype))
         return
     assert pp_rank != 0 or exporter == dist.get_rank() == 0, "rank 0 must be stage 0, TP rank 0, DP rank 0"
     if pp_rank == 0:

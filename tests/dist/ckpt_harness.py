@@ -13,13 +13,12 @@ import random
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from igrpo_megatron.batch import TrainBatch
-from igrpo_megatron.config import Config, ModelConfig, OptimConfig, ParallelConfig
 from igrpo_megatron.models.parallel import initialize_parallel
 from igrpo_megatron.models.policy import Policy
 from igrpo_megatron.models.provider import load_hf_config
+from tests.dist.common import tiny_config
 
 SEQ, MBS, GLOBAL_BATCH = 16, 2, 8  # the global batch is the same at every DP size
 TOTAL_STEPS = 50
@@ -28,13 +27,10 @@ TOTAL_STEPS = 50
 def setup(hf_dir: str, tp: int, pp: int, distributed_optimizer: bool = True, dropout: float = 0.1,
           seed: int = 1234) -> Policy:
     """Initialise the layout and build the policy (tiny HF weights, fp32, Adam, cosine schedule)."""
-    cfg = Config(
-        model=ModelConfig(hf_path=hf_dir, dtype="fp32", transformer_impl="local"),
-        parallel=ParallelConfig(tp=tp, pp=pp, use_distributed_optimizer=distributed_optimizer),
-        optim=OptimConfig(lr=1e-3, weight_decay=0.01, warmup_ratio=0.04, clip_grad=1.0),
-    )
-    cfg.train.micro_batch_size = MBS
-    cfg.rollout.temperature = 1.0
+    cfg = tiny_config(hf_dir, tp, pp, model={"transformer_impl": "local"},
+                      parallel={"use_distributed_optimizer": distributed_optimizer},
+                      optim={"lr": 1e-3, "weight_decay": 0.01, "warmup_ratio": 0.04, "clip_grad": 1.0},
+                      train={"micro_batch_size": MBS})
     initialize_parallel(cfg.parallel, seed=seed)
     random.seed(seed)
     np.random.seed(seed)
@@ -107,42 +103,3 @@ def train_step(policy: Policy, stream: ExampleStream, vocab: int, noise: bool = 
     metrics = policy.train_step(_batch(stream, vocab, noise), _nll)
     assert metrics["update_ok"] == 1.0, metrics
     return metrics["loss"]
-
-
-def from_last_stage(value: torch.Tensor | None, shape, dtype=torch.float64) -> torch.Tensor:
-    """Make a value that lives on the last pipeline stage (TP rank 0, DP rank 0) known to every rank."""
-    from megatron.core import parallel_state as ps
-
-    out = torch.zeros(shape, dtype=dtype)
-    if ps.is_pipeline_last_stage() and ps.get_tensor_model_parallel_rank() == 0 and ps.get_data_parallel_rank() == 0:
-        out += value.to(dtype)
-    dist.all_reduce(out)
-    return out
-
-
-def full_logits(model, tokens: torch.Tensor) -> torch.Tensor | None:
-    """Eval-mode logits over the full (padded) vocabulary; the tensor on last-stage ranks, else None."""
-    from megatron.core import parallel_state as ps
-    from megatron.core.pipeline_parallel import get_forward_backward_func
-    from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
-
-    model.eval()
-    out = {}
-
-    def forward_step(data_iterator, m):
-        t = next(data_iterator)
-        pos = torch.arange(t.shape[1]).unsqueeze(0).expand(t.shape[0], -1)
-        logits = m(input_ids=t, position_ids=pos, attention_mask=None)
-
-        def keep(o):
-            out["logits"] = gather_from_tensor_model_parallel_region(o.float()).detach().clone()
-            return o.sum() * 0, {}
-
-        return logits, keep
-
-    with torch.no_grad():
-        get_forward_backward_func()(
-            forward_step_func=forward_step, data_iterator=iter([tokens]), model=[model], num_microbatches=1,
-            seq_length=tokens.shape[1], micro_batch_size=tokens.shape[0], forward_only=True,
-        )
-    return out.get("logits") if ps.is_pipeline_last_stage() else None

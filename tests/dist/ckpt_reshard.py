@@ -22,16 +22,8 @@ import torch.distributed as dist
 from igrpo_megatron.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from igrpo_megatron.models.parallel import destroy_parallel
 from igrpo_megatron.models.provider import load_hf_config
-from tests.dist.ckpt_harness import ExampleStream, from_last_stage, full_logits, setup, train_step
-
-
-def check(name, value):
-    if dist.get_rank() == 0:
-        print(f"CHECK {name} {float(value)!r}", flush=True)
-
-
-def logits_everywhere(model, tokens, vocab_rows):
-    return from_last_stage(full_logits(model, tokens), (*tokens.shape, vocab_rows), torch.float32)
+from tests.dist.ckpt_harness import ExampleStream, setup, train_step
+from tests.dist.common import check, logits_everywhere
 
 
 def main():

@@ -14,28 +14,20 @@ import torch.distributed as dist
 
 from igrpo_megatron.algorithms.losses import entropy_from_logits, policy_loss
 from igrpo_megatron.batch import TrainBatch
-from igrpo_megatron.config import Config
 from igrpo_megatron.models import Policy, destroy_parallel, initialize_parallel, load_hf_config
 from igrpo_megatron.weights import iter_hf_weights
+from tests.dist.common import check, tiny_config
 
 TEMPERATURE = 0.7
 B, T, MBS = 8, 16, 2
 
 
-def check(name, value):
-    if dist.get_rank() == 0:
-        print(f"CHECK {name} {float(value):.6e}", flush=True)
-
-
 def make_config(hf_dir, tp=1, pp=1, dist_opt=False):
-    cfg = Config()
-    cfg.model.hf_path, cfg.model.dtype = hf_dir, "fp32"
-    cfg.parallel.tp, cfg.parallel.pp, cfg.parallel.use_distributed_optimizer = tp, pp, dist_opt
-    cfg.train.max_steps, cfg.train.micro_batch_size = 10, MBS
-    cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.clip_grad = 1e-4, 0.1, 1.0
-    cfg.loss.entropy_coef = 0.01  # exercises the entropy gradient through the TP reductions
-    cfg.rollout.temperature = TEMPERATURE
-    return cfg
+    return tiny_config(hf_dir, tp, pp, parallel={"use_distributed_optimizer": dist_opt},
+                       train={"max_steps": 10, "micro_batch_size": MBS},
+                       optim={"lr": 1e-4, "weight_decay": 0.1, "clip_grad": 1.0},
+                       # the entropy bonus exercises the entropy gradient through the TP reductions
+                       loss={"entropy_coef": 0.01}, rollout={"temperature": TEMPERATURE})
 
 
 def make_batch(vocab):

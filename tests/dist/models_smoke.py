@@ -10,14 +10,10 @@ import torch.distributed as dist
 
 from igrpo_megatron.algorithms.losses import sft_loss
 from igrpo_megatron.batch import TrainBatch
-from igrpo_megatron.config import Config, ModelConfig, ParallelConfig
+from igrpo_megatron.config import ModelConfig, ParallelConfig
 from igrpo_megatron.models import Policy, build_model, destroy_parallel, initialize_parallel, load_hf_config, unwrap
 from igrpo_megatron.weights import iter_hf_weights
-
-
-def check(name, value):
-    if dist.get_rank() == 0:
-        print(f"CHECK {name} {float(value):.6e}", flush=True)
+from tests.dist.common import check, tiny_config
 
 
 def sft(logprobs, entropy, mb, d):
@@ -33,15 +29,7 @@ def batch(vocab, rows=4, seq=12):
 
 
 def config(hf_dir, tp=1, pp=1, **model):
-    cfg = Config()
-    cfg.model.hf_path, cfg.model.dtype = hf_dir, "fp32"
-    for k, v in model.items():
-        setattr(cfg.model, k, v)
-    cfg.parallel.tp, cfg.parallel.pp = tp, pp
-    cfg.train.max_steps, cfg.train.micro_batch_size = 20, 2
-    cfg.optim.lr, cfg.optim.warmup_ratio = 1e-3, 0.0
-    cfg.rollout.temperature = 1.0
-    return cfg
+    return tiny_config(hf_dir, tp, pp, model=model, train={"max_steps": 20}, optim={"lr": 1e-3, "warmup_ratio": 0.0})
 
 
 def shapes(hf):

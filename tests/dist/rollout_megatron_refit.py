@@ -16,10 +16,11 @@ import torch.distributed as dist
 
 from igrpo_megatron.algorithms.losses import sft_loss
 from igrpo_megatron.batch import TrainBatch
-from igrpo_megatron.config import Config, RolloutConfig
+from igrpo_megatron.config import RolloutConfig
 from igrpo_megatron.models import Policy, destroy_parallel, initialize_parallel, load_hf_config
 from igrpo_megatron.rollout import Refitter, RolloutClient, SamplingParams
 from igrpo_megatron.weights import export_hf_weights
+from tests.dist.common import tiny_config
 
 
 def one_training_step(policy):
@@ -34,12 +35,8 @@ def one_training_step(policy):
 def main():
     hf_dir, url, api_key, refit_dir, version, out_json = sys.argv[1:7]
     version = int(version)
-    cfg = Config()
-    cfg.model.hf_path, cfg.model.dtype = hf_dir, "fp32"
-    cfg.parallel.tp = 2
-    cfg.train.max_steps, cfg.train.micro_batch_size = 1, 2
-    cfg.optim.lr, cfg.optim.warmup_ratio, cfg.optim.min_lr_ratio = 5e-3, 0.0, 1.0  # one Adam step: ~lr per weight
-    cfg.rollout.temperature = 1.0
+    cfg = tiny_config(hf_dir, tp=2, train={"max_steps": 1},
+                      optim={"lr": 5e-3, "warmup_ratio": 0.0, "min_lr_ratio": 1.0})  # one Adam step: ~lr per weight
     initialize_parallel(cfg.parallel, seed=1)
     policy = Policy(cfg, load_hf_config(hf_dir))
     one_training_step(policy)

@@ -15,47 +15,9 @@ from igrpo_megatron.models.parallel import destroy_parallel, initialize_parallel
 from igrpo_megatron.models.provider import build_model, load_hf_config
 from igrpo_megatron.weights import HFSafetensors, WeightMap, export_hf_weights, load_hf_weights
 from igrpo_megatron.weights.mapping import COLUMN, Layout
+from tests.dist.common import check, logits_everywhere
 
 BATCH, SEQ = 2, 12
-
-
-def check(name, value):
-    if dist.get_rank() == 0:
-        print(f"CHECK {name} {value}", flush=True)
-
-
-def megatron_logits(model, ids, hf_vocab):
-    """Full-vocabulary logits of a (possibly pipelined, TP-split) model, on global rank 0."""
-    from megatron.core import parallel_state as ps
-    from megatron.core.pipeline_parallel import get_forward_backward_func
-
-    out = {}
-
-    def forward_step(data_iterator, model):
-        batch = next(data_iterator)
-        logits = model(input_ids=batch, position_ids=torch.arange(SEQ).expand(BATCH, -1), attention_mask=None)
-
-        def keep(output):
-            out["logits"] = output
-            return output.sum() * 0, {}
-
-        return logits, keep
-
-    get_forward_backward_func()(forward_step_func=forward_step, data_iterator=iter([ids]), model=[model],
-                                num_microbatches=1, seq_length=SEQ, micro_batch_size=BATCH, forward_only=True)
-    src = dist.get_process_group_ranks(ps.get_pipeline_model_parallel_group())[-1]
-    full = torch.empty(BATCH, SEQ, hf_vocab) if dist.get_rank() == 0 else None
-    if ps.is_pipeline_last_stage():
-        pieces = [torch.empty_like(out["logits"]) for _ in range(ps.get_tensor_model_parallel_world_size())]
-        dist.all_gather(pieces, out["logits"].contiguous(), group=ps.get_tensor_model_parallel_group())
-        gathered = torch.cat(pieces, dim=-1)[..., :hf_vocab].contiguous()
-        if src == 0:
-            full = gathered if dist.get_rank() == 0 else None
-        elif ps.get_tensor_model_parallel_rank() == 0 and ps.get_data_parallel_rank() == 0:
-            dist.send(gathered, dst=0)
-    if dist.get_rank() == 0 and src != 0:
-        dist.recv(full, src=src)
-    return full
 
 
 def hf_logits(case_dir, ids):
@@ -79,7 +41,7 @@ def run_case(case_dir, tp, pp, ids, reference):
     tag = f"{case_dir.rstrip('/').split('/')[-1]}_tp{tp}pp{pp}"
     hf_cfg, model = build_and_load(case_dir, tp, pp)
     with torch.no_grad():
-        logits = megatron_logits(model, ids, hf_cfg.vocab_size)
+        logits = logits_everywhere(model, ids, hf_cfg.vocab_size)
     if dist.get_rank() == 0:
         check(f"logits_diff_{tag}", (logits - reference).abs().max().item())
         check(f"logits_scale_{tag}", reference.abs().max().item())
@@ -112,7 +74,7 @@ def run_negative_controls(case_dir, ids, reference):
     naive_qkv = WeightMap(hf_cfg, table={**base, qkv: replace(base[qkv], layout=Layout.STACK)})
     _, model = build_and_load(case_dir, 1, 1, weight_map=naive_qkv)
     with torch.no_grad():
-        logits = megatron_logits(model, ids, hf_cfg.vocab_size)
+        logits = logits_everywhere(model, ids, hf_cfg.vocab_size)
     if dist.get_rank() == 0:
         check("negative_naive_qkv_tp1", (logits - reference).abs().max().item())
     destroy_parallel()

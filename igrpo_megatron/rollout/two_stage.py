@@ -1,0 +1,123 @@
+"""The two stages of one iGRPO step against the rollout server, and the records they pass on.
+
+Per prompt: stage 1 samples N drafts and scores them, the best draft is spliced into the
+refinement prompt, stage 2 samples G refinements of it and scores them (GRPO: stage 2 alone, on
+the question). Each prompt is one asyncio task, so one prompt's refinements decode while other
+prompts' drafts still do, and iGRPO costs about what GRPO costs; ``igrpo.overlap_stages=false``
+runs the stages back to back.
+
+The records of one question on its way through a step: a dataset row (``data.Example``) becomes
+a :class:`TokenizedPrompt` (ready for the server), each sampled completion is scored as a
+``rewards.RewardItem``, and the prompt's results come back as one :class:`PromptRollout`.
+"""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from igrpo_megatron.algorithms.igrpo import refinement_prompt_ids, select_best_drafts
+from igrpo_megatron.config import Config
+from igrpo_megatron.rewards.base import RewardItem
+
+
+@dataclass
+class TokenizedPrompt:
+    """A dataset row made ready for the server: the question rendered by the chat template as stage-1 token ids."""
+
+    id: str
+    question: str
+    answer: str
+    prompt_ids: list[int]
+
+
+@dataclass
+class PromptRollout:
+    """One prompt's finished rollout: what both stages produced and scored (rank 0 builds it, all ranks receive it).
+
+    ``draft_*`` lists are empty for GRPO (``num_drafts = 0``). ``prompt_ids`` is the prompt the
+    trained completions were sampled from: the refinement prompt in iGRPO, the question in GRPO.
+    """
+
+    id: str
+    question: str
+    answer: str
+    prompt_ids: list[int]
+    response_ids: list[list[int]]
+    response_logprobs: list[list[float]]
+    rewards: list[float]
+    accuracy: list[float]
+    truncated: list[bool]
+    draft_ids: list[list[int]] = field(default_factory=list)
+    draft_rewards: list[float] = field(default_factory=list)
+    draft_accuracy: list[float] = field(default_factory=list)
+    best_draft: int = -1
+    weight_version: int = -1
+
+
+class TwoStageRollout:
+    """Stage 1 and stage 2 of one step against the rollout server, on rank 0's event loop.
+
+    ``client.generate(prompt_ids, n, ...)`` returns samples with ``token_ids``, ``logprobs``,
+    ``finish_reason`` and ``weight_version``; ``reward.score_async(items)`` scores in the reward
+    pool, off the event loop, so scoring one prompt's drafts does not stall the decoding of the others.
+    """
+
+    def __init__(self, cfg: Config, client, params, reward, tokenizer):
+        self.cfg, self.client, self.params, self.reward, self.tokenizer = cfg, client, params, reward, tokenizer
+
+    def render(self, messages) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    async def sample_and_score(self, prompt_ids: list[int], n: int, question: str, answer: str):
+        """``n`` samples of one prompt and their ``(samples, rewards, accuracy)``."""
+        samples = await self.client.generate(prompt_ids, n=n, params=self.params)
+        items = [RewardItem(self.tokenizer.decode(s.token_ids, skip_special_tokens=True), answer, question)
+                 for s in samples]
+        results = await self.reward.score_async(items)
+        return samples, [r.total for r in results], [r.accuracy for r in results]
+
+    async def drafts(self, p: TokenizedPrompt):
+        """Stage 1: N drafts of ``p``, scored; ``None`` for GRPO."""
+        if self.cfg.igrpo.num_drafts == 0:
+            return None
+        return await self.sample_and_score(p.prompt_ids, self.cfg.igrpo.num_drafts, p.question, p.answer)
+
+    async def refinements(self, p: TokenizedPrompt, drafts) -> PromptRollout:
+        """Stage 2: G samples conditioned on the best draft (GRPO: on the question itself)."""
+        out = {}
+        prompt_ids = p.prompt_ids
+        if drafts is not None:
+            samples, rewards, accuracy = drafts
+            best = int(select_best_drafts(torch.tensor([rewards]), torch.tensor([accuracy]))[0][0])
+            draft = list(samples[best].token_ids)
+            if draft and draft[-1] == self.tokenizer.eos_token_id:  # the draft's end-of-turn is not quoted
+                draft.pop()
+            prompt_ids = refinement_prompt_ids(
+                p.question, draft, render=self.render, encode=self.encode,
+                max_prompt_tokens=self.cfg.rollout.max_prompt_tokens,
+                max_draft_tokens=self.cfg.igrpo.max_draft_tokens)
+            out = dict(draft_ids=[list(s.token_ids) for s in samples], draft_rewards=rewards,
+                       draft_accuracy=accuracy, best_draft=best)
+        samples, rewards, accuracy = await self.sample_and_score(prompt_ids, self.cfg.igrpo.num_refinements,
+                                                                   p.question, p.answer)
+        return PromptRollout(
+            id=p.id, question=p.question, answer=p.answer, prompt_ids=list(prompt_ids),
+            response_ids=[list(s.token_ids) for s in samples],
+            response_logprobs=[list(s.logprobs) for s in samples],
+            rewards=rewards, accuracy=accuracy, truncated=[s.finish_reason == "length" for s in samples],
+            weight_version=min(s.weight_version for s in samples), **out)
+
+    async def _one_prompt(self, p: TokenizedPrompt) -> PromptRollout:
+        return await self.refinements(p, await self.drafts(p))
+
+    async def run(self, prompts: Sequence[TokenizedPrompt]) -> list[PromptRollout]:
+        if self.cfg.igrpo.overlap_stages:
+            return list(await asyncio.gather(*(self._one_prompt(p) for p in prompts)))
+        drafts = await asyncio.gather(*(self.drafts(p) for p in prompts))
+        return list(await asyncio.gather(*(self.refinements(p, d) for p, d in zip(prompts, drafts))))
