@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from igrpo_megatron.metrics import STEP_FIELDS, read_metrics
-from igrpo_megatron.rollout.server import free_port
+from igrpo_megatron.models.parallel import free_port
 from nemotron_h_fixtures import make_tiny_nemotron_h
 from torchrun_util import REPO, run_torchrun
 from trainer_fixtures import tiny_run_config
@@ -24,7 +24,7 @@ def test_igrpo_train_then_convert_to_hf(tmp_path):
     model_dir = make_tiny_nemotron_h(str(tmp_path / "tiny_nemotron_h"))
     run_dir = tmp_path / "run"
     cfg = tiny_run_config(
-        model_dir, str(run_dir), port=free_port(ports=range(18150, 18200)),
+        model_dir, str(run_dir), port=free_port(),
         data={"synthetic_size": 32}, rollout={"max_tokens": 12, "startup_timeout_s": 400, "temperature": 0.7},
         train={"prompts_per_step": PROMPTS_PER_STEP, "max_steps": 2, "save_every": 2},
         loss={"entropy_coef": 0.01})  # no reward on a random model; the entropy bonus still moves the weights
