@@ -1,14 +1,9 @@
-"""Nemotron-H-8B-Base-8K (hybrid Mamba-2 / attention) on MATH train: GRPO vs iGRPO (Table 1).
-
-NOT RUNNABLE YET: the project has no Megatron provider for the hybrid model (Megatron's
-MambaModel, plus its HF weight mapping and a numerics check of the CPU scan against
-transformers). Building these recipes fails validation with that message instead of training
-something else; no configs/*.yaml is written for them.
-"""
+"""Nemotron-H-8B-Base-8K (hybrid Mamba-2 / attention, Megatron's MambaModel) on MATH train: GRPO vs
+iGRPO (Table 1). Layout (ours; the paper states no hardware for this model): that of its 7B runs,
+2 nodes x 8 GPUs, one serving vLLM (8 servers, TP 1), one training at TP 2 x DP 4. 8B parameters
+fit a TP-2 shard with the distributed optimizer on 80 GB as the 7B models do, and TP 2 divides all
+that must divide (128 Mamba heads, 8 groups, 32 attention heads, 8 key/value heads)."""
 from recipes.paper import Model, runs
 
-MODEL = Model("nvidia/Nemotron-H-8B-Base-8K", model_type="nemotron_h", tp=2, train_nodes=1,
-              note="the Nemotron-H hybrid (Mamba-2 + attention) model provider is not implemented yet: "
-                   "igrpo_megatron/models/ builds only GPT-style models, the Megatron MambaModel "
-                   "provider and its HF weight mapping are still to be written")
+MODEL = Model("nvidia/Nemotron-H-8B-Base-8K", model_type="nemotron_h", tp=2, train_nodes=1)
 RECIPES = runs("nemoh8b_math", MODEL, "math")

@@ -66,12 +66,14 @@ def test_paper_runs_are_all_there():
     assert recipes.build("orn7b_acereason_igrpo").model.hf_path == "nvidia/OpenReasoning-Nemotron-7B"
 
 
-def test_nemotron_h_fails_validation_naming_the_missing_provider():
+def test_nemotron_h_recipes_build_with_a_layout_the_model_allows():
     for name in ("nemoh8b_math_igrpo", "nemoh8b_math_grpo"):
-        with pytest.raises(ConfigError, match=r"nemotron_h.*provider is not implemented yet"):
-            recipes.build(name)
-        assert name not in recipes.runnable()
-        assert not os.path.exists(os.path.join(REPO, "configs", f"{name}.yaml"))
+        cfg = recipes.build(name)
+        assert name in recipes.runnable()
+        assert os.path.exists(os.path.join(REPO, "configs", f"{name}.yaml"))
+        assert cfg.model.hf_path == "nvidia/Nemotron-H-8B-Base-8K"
+        # Nemotron-H-8B-Base-8K: 128 Mamba heads in 8 groups, 32 attention / 8 key-value heads
+        assert all(n % cfg.parallel.tp == 0 for n in (128, 8, 32, 8)) and cfg.parallel.pp == 1
 
 
 def test_local_paths_replace_hub_names(tmp_path):
@@ -90,7 +92,8 @@ def test_local_paths_replace_hub_names(tmp_path):
 
 
 @pytest.mark.parametrize("script,name", [("igrpo_7b.sh", "r1d7b_math_igrpo"), ("grpo_7b.sh", "r1d7b_math_grpo"),
-                                         ("igrpo_14b.sh", "r1d14b_math_igrpo")])
+                                         ("igrpo_14b.sh", "r1d14b_math_igrpo"),
+                                         ("igrpo_nemotron_h_8b.sh", "nemoh8b_math_igrpo")])
 def test_launch_scripts_match_their_recipe_layout(script, name):
     text = open(os.path.join(REPO, "launch", script), encoding="utf-8").read()
     nodes = int(re.search(r"^#SBATCH --nodes=(\d+)$", text, re.M).group(1))

@@ -9,11 +9,13 @@ from igrpo_megatron.demo.tiny import make_model
 from igrpo_megatron.weights.arch import UnsupportedArchitecture, arch_spec, registered_model_types
 from igrpo_megatron.weights.hf_io import HFSafetensors
 from igrpo_megatron.weights.mapping import WeightMap, WeightMappingError, unshard
+from nemotron_h_fixtures import make_tiny_nemotron_h
 
 #: A tiny HF folder per registered family; a new family adds its own here (the test below fails until it does).
 TINY_CHECKPOINTS = {
     "qwen2": lambda d: make_model(d, arch="qwen2", vocab_size=320, with_tokenizer=False),
     "llama": lambda d: make_model(d, arch="llama", tie_word_embeddings=True, vocab_size=321, with_tokenizer=False),
+    "nemotron_h": make_tiny_nemotron_h,
 }
 
 
@@ -27,7 +29,7 @@ def test_registry_lists_the_families_and_names_them_for_an_unknown_type():
     assert isinstance(e.value, ConfigError) and isinstance(e.value, WeightMappingError)
     assert str(e.value) == ("model.hf_path=/m: model_type 'mixtral' is not supported; registered: "
                             + ", ".join(registered_model_types()))
-    assert "llama, qwen2" in str(e.value)
+    assert "llama, nemotron_h, qwen2" in str(e.value)
 
 
 def _table_names(wmap: WeightMap, src: HFSafetensors, num_layers: int):

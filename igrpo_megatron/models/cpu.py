@@ -10,7 +10,9 @@ works on CPU tensors with the gloo backend once those are redirected.
 The redirection is a process-wide :class:`~torch.overrides.TorchFunctionMode` plus a few patches
 on ``torch.cuda`` and megatron's RNG helpers. :func:`enable_cpu_support` installs them once, and
 only when ``torch.cuda.is_available()`` is False, so the same code runs unchanged on GPU nodes.
-This is the only module of the project that knows about these adjustments.
+This is the only module of the project that knows about these adjustments; the Mamba layers'
+stand-ins for a machine without ``mamba_ssm`` live beside it in
+:mod:`~igrpo_megatron.models.cpu_mamba` and are re-exported here.
 
 Two limits of a function mode: it is thread-local (megatron code must run on the thread that
 enabled it), and torch pops it while it handles a call, so Python code run *inside*
@@ -23,6 +25,9 @@ import multiprocessing
 
 import torch
 from torch.overrides import TorchFunctionMode
+
+from igrpo_megatron.models.cpu_mamba import (enable_mamba_fallbacks, fused_mamba_path_available,  # noqa: F401
+                                              local_mamba_stack_spec, mamba_ssm_available)
 
 _MODE: "_CudaToCpuMode | None" = None
 

