@@ -217,12 +217,15 @@ class EvalConfig:
         default_factory=lambda: ["aime24", "aime25", "math500", "amc23", "gsm8k", "minerva_math"])
     data_dir: Optional[str] = None  # a folder of <name>.jsonl files that replaces the hub downloads
     samples: Optional[int] = None  # k for every benchmark; None: the paper's (64 AIME, 8 otherwise)
-    pass_k: list[int] = field(default_factory=lambda: [1])  # unbiased pass@k also reported (k <= samples)
+    pass_k: Optional[list[int]] = None  # unbiased pass@k reported; None: 1, 2, 4, ... up to k
     temperature: float = 0.6
     top_p: float = 0.95
-    # Paper: up to 65,000 generated tokens; each request is capped at what the server's
-    # max_model_len leaves after the prompt.
-    max_tokens: int = 65000
+    max_tokens: int = 65000  # generated tokens per sample (the paper's 65,000), whatever training used
+    max_model_len: Optional[int] = None  # of the servers igrpo-eval starts; None: longest prompt + max_tokens
+    samples_per_request: int = 4  # a problem's k samples go out as requests of at most this many
+    servers: int = 1  # vLLM servers igrpo-eval starts when rollout.server_urls is empty (GPUs split among them)
+    request_timeout_s: float = 7200.0  # one request's limit; must cover a sample of max_tokens tokens
+    paper_row: Optional[str] = None  # Table 1 row for results.md, e.g. "DeepSeek-R1-Distill-Qwen-7B/iGRPO"
     # "training": the system instruction the policy was trained with (algorithms/igrpo.py), so a
     # trained model is asked the way it learned; "none": no system message (e.g. a base model).
     system_prompt: Literal["training", "none"] = "training"
