@@ -207,7 +207,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """``igrpo-eval``: avg@k on math benchmarks through a vLLM server (paper protocol by default).
+    """``igrpo-eval``: avg@k, maj@k, pass@k through vLLM servers (the paper's protocol by default).
 
     Each entry of ``benchmarks`` is a registry name (igrpo_megatron/eval/benchmarks.py) or
     ``name=path`` to read that benchmark from a local jsonl/json/parquet file instead of the hub.

@@ -131,8 +131,9 @@ def test_igrpo_eval_end_to_end_on_a_real_vllm_server(tiny_qwen2, tmp_path):
     """The CLI starts a vLLM (CPU) server for the tiny model, samples k completions per problem
     with the eval protocol's seed, scores them and writes per-sample records and the summary.
 
-    The model served is what a user takes away: the tiny model through ``igrpo-convert from-hf``
-    and ``to-hf`` (sharded safetensors + index), so vLLM loading that folder is checked too."""
+    The model is what training leaves behind: a Megatron checkpoint (the tiny model through
+    ``igrpo-convert from-hf``), which igrpo-eval converts to a temporary HF folder with to-hf's
+    code and removes afterwards. (tests/test_eval_protocol.py serves a to-hf sharded folder.)"""
     pytest.importorskip("vllm")
     from transformers import AutoTokenizer
 
@@ -144,13 +145,10 @@ def test_igrpo_eval_end_to_end_on_a_real_vllm_server(tiny_qwen2, tmp_path):
     math500 = _jsonl(tmp_path / "math500.jsonl", rows)
     amc = _jsonl(tmp_path / "amc.jsonl", [{"question": r["problem"], "answer": r["answer"]} for r in rows[:1]])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}
-    model = tmp_path / "hf_out"
-    for args in (["from-hf", "--hf", tiny_qwen2, "--out", str(tmp_path / "ckpt")],
-                 ["to-hf", "--ckpt", str(tmp_path / "ckpt"), "--out", str(model), "--max-shard-size", "200KB"]):
-        proc = subprocess.run([sys.executable, "-m", "igrpo_megatron.cli.convert", *args], capture_output=True,
-                              text=True, timeout=300, env=env, cwd=REPO)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert len(list(model.glob("*.safetensors"))) > 1
+    model = tmp_path / "ckpt"
+    proc = subprocess.run([sys.executable, "-m", "igrpo_megatron.cli.convert", "from-hf", "--hf", tiny_qwen2,
+                           "--out", str(model)], capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
     out = tmp_path / "eval"
     cfg = tmp_path / "eval.yaml"
     cfg.write_text(f"""
@@ -171,7 +169,11 @@ eval: {{benchmarks: ["math500={math500}", "amc23={amc}"], samples: 4, pass_k: [1
     records = [json.loads(line) for line in (out / "math500.jsonl").read_text().splitlines()]
     amc_records = [json.loads(line) for line in (out / "amc23.jsonl").read_text().splitlines()]
     assert [(r["id"], r["sample"]) for r in records] == [(f"math500:{i}", j) for i in (1, 2) for j in range(4)]
-    tok = AutoTokenizer.from_pretrained(str(model))
+    assert not list(out.glob(".hf-from-megatron-*"))  # the converted folder is removed
+    assert json.loads((out / "math500.settings.json").read_text())["model"].startswith(
+        f"megatron:{os.path.realpath(model)}/iter_")
+    assert results["model"] == str(model)
+    tok = AutoTokenizer.from_pretrained(tiny_qwen2)
     e = load_config(str(cfg)).eval
     for r, row in zip(records[::4], rows):  # the prompt is the training system prompt + the problem
         assert r["prompt_tokens"] == len(format_prompt(tok, prompt_messages(row["problem"], e)))

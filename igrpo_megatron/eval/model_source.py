@@ -64,13 +64,16 @@ def resolve_model(path: str, work_dir: str) -> Iterator[EvalModel]:
 
 def _to_hf(ckpt: str, out: str) -> None:
     """``igrpo-convert to-hf --ckpt CKPT --out OUT``; a checkpoint it cannot read is a one-line error."""
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException: a torn shard raises it
+
     from igrpo_megatron.checkpoint import CheckpointError
     from igrpo_megatron.cli.convert import build_parser, run
     from igrpo_megatron.weights.mapping import WeightMappingError
 
     try:
         run(build_parser().parse_args(["to-hf", "--ckpt", ckpt, "--out", out, "--force"]))
-    except (CheckpointError, WeightMappingError, ConfigError, OSError, RuntimeError, ValueError, KeyError) as e:
+    except (CheckpointError, CheckpointException, WeightMappingError, ConfigError, OSError, RuntimeError,
+            ValueError, KeyError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"model {ckpt}: cannot convert this Megatron checkpoint to HF ({type(e).__name__}: "
                           f"{first}); check it with igrpo-convert to-hf") from None
