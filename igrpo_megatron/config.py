@@ -2,7 +2,10 @@
 
 Every field is validated up front (:func:`validate`): a bad run should fail in the first second
 with a message that names the field and the fix, not after the vLLM server took a minute to start.
-The tree is plain dataclasses so that every module takes exactly the section it needs.
+The tree is plain dataclasses so that every module takes exactly the section it needs; each
+section checks its own fields (``validate()``), and :func:`validate` adds the checks that span
+sections. Every field carries a one-line help (:func:`opt`), printed by ``igrpo-train
+--help-config [section]`` (config_help.py).
 """
 from __future__ import annotations
 
@@ -20,219 +23,336 @@ class ConfigError(ValueError):
     """A user-facing configuration error; the message names the field and the fix."""
 
 
+def opt(default: Any, help: str) -> Any:
+    """A field with its default and its one-line help: what it means, its unit, the paper's value.
+
+    A list default is copied per instance (dataclasses forbid a shared mutable default).
+    """
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+def _require(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+class Section:
+    """A config section; ``validate`` checks the fields it holds (cross-section checks: :func:`validate`)."""
+
+    def validate(self) -> None:
+        pass
+
+
 @dataclass
-class ModelConfig:
+class ModelConfig(Section):
     """The policy network. ``hf_path`` holds config.json and the tokenizer (hub name or local dir)."""
 
-    hf_path: str = ""
-    tokenizer_path: Optional[str] = None  # defaults to hf_path
-    load_hf_weights: bool = True  # False: random init (tests, demo warm-up from scratch)
-    init_checkpoint: Optional[str] = None  # a Megatron dist checkpoint to start from (igrpo-convert from-hf)
-    dtype: Literal["fp32", "bf16", "fp16"] = "bf16"
-    # FP8 needs Transformer Engine; None turns it off.
-    fp8: Optional[Literal["e4m3", "hybrid"]] = None
-    fp8_recipe: Literal["delayed", "tensorwise", "blockwise", "mxfp8"] = "delayed"
-    fp8_amax_history_len: int = 1024
-    fp8_amax_compute_algo: Literal["max", "most_recent"] = "max"
-    recompute_activations: bool = False  # the paper trains with gradient checkpointing
-    transformer_impl: Literal["auto", "transformer_engine", "local"] = "auto"
-    # The embedding/output rows are padded to a multiple of this (and of parallel.tp). A fixed
-    # multiple keeps the padded size, hence checkpoint shapes, the same for every TP that divides it.
-    vocab_pad_multiple: int = 128
+    hf_path: str = opt("", "HF model: hub name or local folder with config.json, weights and tokenizer")
+    tokenizer_path: Optional[str] = opt(None, "tokenizer hub name or folder; null: model.hf_path")
+    load_hf_weights: bool = opt(True, "load the HF weights; false: random init (tests, demo warm-up)")
+    init_checkpoint: Optional[str] = opt(
+        None, "Megatron dist checkpoint to start from, any layout (igrpo-convert from-hf); null: hf_path")
+    dtype: Literal["fp32", "bf16", "fp16"] = opt("bf16", "parameter and compute dtype (paper: bf16)")
+    fp8: Optional[Literal["e4m3", "hybrid"]] = opt(
+        None, "FP8 format (needs Transformer Engine and dtype=bf16); null: no FP8")
+    fp8_recipe: Literal["delayed", "tensorwise", "blockwise", "mxfp8"] = opt(
+        "delayed", "Transformer Engine FP8 scaling recipe (only with fp8)")
+    fp8_amax_history_len: int = opt(1024, "steps of amax history for delayed scaling (only with fp8)")
+    fp8_amax_compute_algo: Literal["max", "most_recent"] = opt(
+        "max", "how delayed scaling reduces the amax history (only with fp8)")
+    recompute_activations: bool = opt(
+        False, "full-layer activation recomputation (paper: gradient checkpointing on)")
+    transformer_impl: Literal["auto", "transformer_engine", "local"] = opt(
+        "auto", "layer implementation; auto: Transformer Engine when importable, else Megatron's local")
+    # A fixed multiple keeps the padded size, hence checkpoint shapes, the same for every TP that
+    # divides it.
+    vocab_pad_multiple: int = opt(
+        128, "embedding/output rows are padded to a multiple of this (and of parallel.tp), in rows")
+
+    def validate(self) -> None:
+        if self.fp8 is not None:
+            _require(self.dtype == "bf16", "model.fp8 needs model.dtype=bf16 (FP8 keeps bf16 master compute)")
 
 
 @dataclass
-class ParallelConfig:
+class ParallelConfig(Section):
     """Model parallel layout. Data parallel size is world_size / (tp * pp)."""
 
-    tp: int = 1
-    pp: int = 1
-    sequence_parallel: bool = False
-    use_distributed_optimizer: bool = True
+    tp: int = opt(1, "tensor-parallel size (ranks per layer); must divide the heads and key/value heads")
+    pp: int = opt(1, "pipeline-parallel size (stages); must divide the layers")
+    sequence_parallel: bool = opt(False, "Megatron sequence parallelism over the TP group (needs tp > 1)")
+    use_distributed_optimizer: bool = opt(
+        True, "shard optimizer state over data-parallel ranks (Megatron distributed optimizer)")
+
+    def validate(self) -> None:
+        _require(self.tp >= 1 and self.pp >= 1, "parallel.tp and parallel.pp must be >= 1")
+
+    def check_world_size(self, world_size: int) -> None:
+        """The launch must fill whole TP x PP groups (the rest is data parallel)."""
+        n = self.tp * self.pp
+        _require(world_size % n == 0,
+                 f"world size {world_size} is not divisible by parallel.tp * parallel.pp = {n}; "
+                 f"launch a multiple of {n} ranks or change parallel.tp / parallel.pp")
 
 
 @dataclass
-class OptimConfig:
+class OptimConfig(Section):
     """AdamW with cosine decay; paper: lr 1e-6, min lr 0.1 x lr, 10 % warm-up."""
 
-    lr: float = 1e-6
-    min_lr_ratio: float = 0.1
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_eps: float = 1e-8
-    clip_grad: float = 1.0
+    lr: float = opt(1e-6, "peak learning rate (paper: 1e-6)")
+    min_lr_ratio: float = opt(0.1, "cosine decay floor as a fraction of lr (paper: 0.1)")
+    warmup_ratio: float = opt(0.1, "linear warm-up as a fraction of all optimizer steps (paper: 0.1)")
+    weight_decay: float = opt(0.0, "AdamW decoupled weight decay")
+    adam_beta1: float = opt(0.9, "Adam first-moment decay")
+    adam_beta2: float = opt(0.999, "Adam second-moment decay")
+    adam_eps: float = opt(1e-8, "Adam denominator epsilon")
+    clip_grad: float = opt(1.0, "global gradient-norm clip (L2); 0 turns clipping off")
+
+    def validate(self) -> None:
+        _require(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio must be in [0, 1]")
+        _require(0 <= self.warmup_ratio < 1, "optim.warmup_ratio must be in [0, 1)")
+        _require(self.lr > 0, "optim.lr must be > 0")
 
 
 @dataclass
-class LossConfig:
+class LossConfig(Section):
     """Policy-gradient loss and advantage estimator (see igrpo_megatron/algorithms/)."""
 
-    advantage: Literal["grpo", "drgrpo", "rloo"] = "grpo"
-    aggregation: Literal["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"] = (
-        "seq_mean_token_mean"
-    )
-    ratio_level: Literal["token", "sequence"] = "token"  # "sequence" is GSPO
-    clip_low: float = 0.2
-    clip_high: float = 0.2  # DAPO clip-higher uses e.g. 0.28
-    dual_clip_c: Optional[float] = None  # e.g. 3.0; None disables dual-clip
-    kl_beta: float = 0.0  # the paper's main runs use 0
-    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
-    entropy_coef: float = 0.0
-    tis_cap: Optional[float] = None  # truncated importance sampling vs rollout logprobs, e.g. 2.0
-    # Dr.GRPO's token-sum divisor; required by aggregation=seq_mean_token_sum_norm (the paper of
-    # Dr.GRPO uses the generation budget, i.e. rollout.max_tokens).
-    seq_sum_norm_constant: Optional[float] = None
-    dynamic_sampling: bool = False  # DAPO: drop groups whose rewards have zero variance
+    advantage: Literal["grpo", "drgrpo", "rloo"] = opt(
+        "grpo", "advantage estimator over a group: grpo (r - mean) / std (paper), drgrpo r - mean, rloo")
+    aggregation: Literal["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"] = opt(
+        "seq_mean_token_mean",
+        "token mean per sequence, then mean over sequences (paper); token_mean (DAPO); "
+        "token sum / constant (Dr.GRPO)")
+    ratio_level: Literal["token", "sequence"] = opt(
+        "token", "importance ratio per token (paper) or per sequence, length-normalised (GSPO)")
+    clip_low: float = opt(0.2, "ratio lower bound is 1 - clip_low (paper: not stated; 0.2 is usual)")
+    clip_high: float = opt(0.2, "ratio upper bound is 1 + clip_high (DAPO clip-higher: e.g. 0.28)")
+    dual_clip_c: Optional[float] = opt(
+        None, "dual-clip: for A < 0 the token loss is capped at -A * c, e.g. 3.0; null: off")
+    kl_beta: float = opt(0.0, "weight of the KL to the reference model (paper: 0 in main runs)")
+    kl_estimator: Literal["k1", "k2", "k3"] = opt("k3", "per-token KL estimator (paper: k3)")
+    entropy_coef: float = opt(0.0, "entropy bonus weight, per token in nats (paper: none, 0)")
+    tis_cap: Optional[float] = opt(
+        None, "truncated importance weight cap vs vLLM's rollout logprobs, e.g. 2.0; null: off")
+    seq_sum_norm_constant: Optional[float] = opt(
+        None, "Dr.GRPO divisor in tokens, needed by seq_mean_token_sum_norm (use rollout.max_tokens)")
+    dynamic_sampling: bool = opt(False, "drop groups whose rewards have zero variance (DAPO)")
+
+    def validate(self) -> None:
+        _require(0 <= self.clip_low < 1 and self.clip_high >= 0,
+                 "loss.clip_low must be in [0, 1) (the ratio's lower bound is 1 - clip_low) and loss.clip_high >= 0")
+        _require(self.dual_clip_c is None or self.dual_clip_c > 1, "loss.dual_clip_c must be > 1 (e.g. 3.0) or null")
+        _require(self.tis_cap is None or self.tis_cap >= 1, "loss.tis_cap must be >= 1 or null")
+        _require(self.kl_beta >= 0, "loss.kl_beta must be >= 0")
 
 
 @dataclass
-class IGRPOConfig:
+class IGRPOConfig(Section):
     """The two-stage wrapper. ``num_drafts = 0`` is plain GRPO with ``num_refinements`` samples."""
 
-    num_drafts: int = 4  # N
-    num_refinements: int = 4  # G
-    group_budget: Optional[int] = 8  # GRPO's group size; N + G must equal it when set
-    max_draft_tokens: Optional[int] = None  # draft budget inside the refinement prompt; None: derived
-    overlap_stages: bool = True  # send a prompt's refinements as soon as its drafts are scored
+    num_drafts: int = opt(4, "N: stage-1 drafts per prompt, the best one conditions stage 2 (paper: 4; 0: GRPO)")
+    num_refinements: int = opt(4, "G: stage-2 completions per prompt, the group trained on (paper: 4)")
+    group_budget: Optional[int] = opt(
+        8, "GRPO's group size that N + G must equal (paper: 8); null: no budget matching")
+    max_draft_tokens: Optional[int] = opt(
+        None, "draft tokens kept in the refinement prompt; null: what rollout.max_prompt_tokens leaves")
+    overlap_stages: bool = opt(True, "send a prompt's refinements as soon as its drafts are scored")
+
+    def validate(self) -> None:
+        _require(self.num_drafts >= 0, "igrpo.num_drafts must be >= 0 (0 is plain GRPO)")
+        _require(self.num_refinements >= 2,
+                 "igrpo.num_refinements must be >= 2: group-relative advantages need a group")
+        if self.group_budget is not None:
+            n = self.num_drafts + self.num_refinements
+            _require(n == self.group_budget,
+                     f"igrpo.num_drafts + igrpo.num_refinements = {n} but igrpo.group_budget = {self.group_budget}; "
+                     f"budget matching with GRPO needs N + G = budget (paper: 4 + 4 = 8). Change one of them, "
+                     f"or set igrpo.group_budget=null to turn matching off")
+        _require(self.max_draft_tokens is None or self.max_draft_tokens >= 1,
+                 "igrpo.max_draft_tokens must be >= 1 or null (null: whatever the prompt budget leaves)")
 
 
 @dataclass
-class RewardConfig:
+class RewardConfig(Section):
     """total = accuracy_weight * accuracy + format_weight * format (paper: 1.0 + 1.0)."""
 
-    kind: Literal["math_verify", "judge"] = "math_verify"
-    accuracy_weight: float = 1.0
-    format_weight: float = 1.0
-    num_workers: int = 0  # 0: one per core
-    timeout_s: float = 5.0  # CPU seconds per item in its worker; a timeout scores 0 and is counted
-    # Wall-clock bound per item, enforced by killing the worker (for work stuck in C code that the
-    # worker's own timer cannot interrupt). None: max(3 * timeout_s, timeout_s + 10).
-    kill_after_s: Optional[float] = None
-    chunk_size: int = 16  # items sent to a worker at once (fewer when the queue is short)
-    # True for chat templates whose generation prompt already ends with "<think>" (DeepSeek-R1
-    # distills): the completion then starts inside the monologue and the format check prepends it.
-    think_prefilled: bool = False
-    judge_url: Optional[str] = None  # base URL of an OpenAI-compatible server, e.g. http://host:8000
-    judge_model: Optional[str] = None
-    judge_api_key_env: str = "IGRPO_JUDGE_API_KEY"  # name of the env var holding the key (may be unset)
-    judge_max_tokens: int = 512
-    judge_timeout_s: float = 120.0  # per request
-    judge_max_retries: int = 3  # on connection errors, 429 and 5xx, with exponential backoff
-    judge_concurrency: int = 16
-    judge_fallback_score: float = 0.0  # accuracy when the judge's reply is unusable (counted)
+    kind: Literal["math_verify", "judge"] = opt(
+        "math_verify", "accuracy scorer: math_verify (paper's rule-based) or judge (an LLM grade in [0, 1])")
+    accuracy_weight: float = opt(1.0, "weight of the accuracy reward (paper: 1.0)")
+    format_weight: float = opt(1.0, "weight of the <think>/<answer> format reward (paper: 1.0)")
+    num_workers: int = opt(0, "math-verify worker processes; 0: one per core")
+    timeout_s: float = opt(5.0, "CPU seconds per item in its worker; a timeout scores 0 and is counted")
+    # For work stuck in C code that the worker's own timer cannot interrupt.
+    kill_after_s: Optional[float] = opt(
+        None, "wall seconds per item before its worker is killed; null: max(3 * timeout_s, timeout_s + 10)")
+    chunk_size: int = opt(16, "items sent to a worker at once (fewer when the queue is short)")
+    # DeepSeek-R1 distills: the completion starts inside the monologue.
+    think_prefilled: bool = opt(
+        False, "the chat template's generation prompt ends with <think>; the format check prepends it")
+    judge_url: Optional[str] = opt(None, "judge: base URL of an OpenAI-compatible server, e.g. http://host:8000")
+    judge_model: Optional[str] = opt(None, "judge: the model name the judge server serves (required by kind=judge)")
+    judge_api_key_env: str = opt("IGRPO_JUDGE_API_KEY", "judge: name of the env var holding the key (may be unset)")
+    judge_max_tokens: int = opt(512, "judge: generated tokens per grade")
+    judge_timeout_s: float = opt(120.0, "judge: seconds per request")
+    judge_max_retries: int = opt(3, "judge: retries on connection errors, 429 and 5xx, with exponential backoff")
+    judge_concurrency: int = opt(16, "judge: requests in flight at once")
+    judge_fallback_score: float = opt(0.0, "judge: accuracy when the reply is unusable (counted)")
+
+    def validate(self) -> None:
+        _require(self.kind != "judge" or bool(self.judge_url),
+                 "reward.kind=judge needs reward.judge_url (an OpenAI-compatible endpoint)")
 
 
 @dataclass
-class DataConfig:
+class DataConfig(Section):
     """Prompts and gold answers. ``source`` is a hub dataset name or a local jsonl/json/parquet file."""
 
-    preset: Optional[Literal["math", "acereason", "synthetic"]] = None
-    source: Optional[str] = None  # None: the preset's hub dataset
-    split: str = "train"  # hub datasets only; a local file is one split
-    # None: the preset's value, else "problem" / "answer" / False (see data/loading.py PRESETS)
-    prompt_field: Optional[str] = None
-    answer_field: Optional[str] = None
-    answer_from_boxed: Optional[bool] = None  # MATH: the gold answer is the last \\boxed{} of the solution
-    skip_malformed: bool = False  # False: a malformed row is an error naming file, row and field
-    shuffle: bool = True
-    seed: int = 1234
-    synthetic_size: int = 2000
-    synthetic_max_operand: int = 20
-    synthetic_ops: str = "+-"  # operators drawn from; "+-*" is harder
-    synthetic_num_operands: int = 2
+    preset: Optional[Literal["math", "acereason", "synthetic"]] = opt(
+        None, "dataset preset: math (paper: MATH train, 7,500), acereason (AceReason-Math), synthetic")
+    source: Optional[str] = opt(None, "hub dataset name or local jsonl/json/parquet file; null: the preset's")
+    split: str = opt("train", "hub dataset split (a local file is one split)")
+    prompt_field: Optional[str] = opt(None, "column holding the question; null: the preset's (else problem)")
+    answer_field: Optional[str] = opt(None, "column holding the gold answer; null: the preset's (else answer)")
+    answer_from_boxed: Optional[bool] = opt(
+        None, "the gold answer is the last \\boxed{} of the answer column (MATH); null: the preset's")
+    skip_malformed: bool = opt(False, "skip and count malformed rows; false: error naming file, row, field")
+    shuffle: bool = opt(True, "shuffle the prompt order every epoch")
+    seed: int = opt(1234, "seed of the prompt order and of the synthetic task")
+    synthetic_size: int = opt(2000, "synthetic: number of questions")
+    synthetic_max_operand: int = opt(20, "synthetic: largest operand")
+    synthetic_ops: str = opt("+-", "synthetic: operators drawn from, a subset of +-* (* is harder)")
+    synthetic_num_operands: int = opt(2, "synthetic: operands per question (>= 2)")
 
 
 @dataclass
-class RolloutConfig:
+class RolloutConfig(Section):
     """vLLM OpenAI-compatible servers and sampling."""
 
-    server_urls: list[str] = field(default_factory=list)  # empty: igrpo-serve / the trainer launches one
-    host: str = "127.0.0.1"
-    port: int = 8000
-    api_key: Optional[str] = None  # None: a random key is generated per job
-    served_model_name: str = "policy"
-    tensor_parallel_size: int = 1
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    max_model_len: int = 5120
-    gpu_memory_utilization: float = 0.85
-    kv_cache_memory_bytes: Optional[int] = None  # required on CPU
-    seed: int = 0
-    enforce_eager: bool = False
-    extra_args: list[str] = field(default_factory=list)
-    startup_timeout_s: float = 600.0
-    temperature: float = 0.7
-    top_p: float = 1.0
-    max_tokens: int = 4096
-    max_prompt_tokens: int = 1024
-    stop: list[str] = field(default_factory=list)
-    concurrency: int = 64
-    request_timeout_s: float = 1800.0
-    max_retries: int = 5
-    refit_transport: Literal["disk", "http", "nccl"] = "disk"
-    refit_dir: Optional[str] = None  # shared filesystem folder for the disk transport
-    refit_bucket_mb: int = 512
-    # How /pause treats in-flight requests during a refit: "wait" lets them finish on the old
-    # weights (each sample then has exactly one weight version), "abort" cancels them (the client
-    # retries them on the new weights), "keep" freezes them and continues on the new weights
-    # (such samples span two versions and are labelled with the older one).
-    refit_pause_mode: Literal["wait", "abort", "keep"] = "wait"
-    nccl_master_address: Optional[str] = None  # nccl transport: this trainer node's address
-    nccl_master_port: int = 29650
-    stale_policy: Literal["refuse", "count"] = "refuse"
+    server_urls: list[str] = opt([], "running servers (igrpo-serve); empty: the trainer launches one")
+    host: str = opt("127.0.0.1", "interface a launched server binds to")
+    port: int = opt(8000, "port a launched server listens on")
+    api_key: Optional[str] = opt(
+        None, "the servers' key; null: $IGRPO_ROLLOUT_API_KEY, igrpo-serve's stored key, else a new one")
+    served_model_name: str = opt("policy", "model name the server answers to")
+    tensor_parallel_size: int = opt(1, "vLLM tensor-parallel size of a launched server (GPUs per server)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = opt("auto", "vLLM weight dtype; auto: the model's")
+    max_model_len: int = opt(5120, "vLLM context length in tokens (>= max_prompt_tokens + max_tokens)")
+    gpu_memory_utilization: float = opt(0.85, "fraction of GPU memory vLLM may take (GPU, no kv_cache_memory_bytes)")
+    kv_cache_memory_bytes: Optional[int] = opt(
+        None, "vLLM KV cache size in bytes; null: from gpu_memory_utilization (CPU: 1 GiB)")
+    seed: int = opt(0, "vLLM sampling seed")
+    enforce_eager: bool = opt(False, "no CUDA graphs in vLLM (always on for CPU)")
+    extra_args: list[str] = opt([], "extra vLLM server arguments, appended verbatim")
+    startup_timeout_s: float = opt(600.0, "seconds a launched server may take to become healthy")
+    temperature: float = opt(0.7, "training sampling temperature, also applied to logprobs (paper: 0.7)")
+    top_p: float = opt(1.0, "nucleus sampling threshold (paper: not stated)")
+    max_tokens: int = opt(4096, "generated tokens per completion, drafts and refinements (paper: 4,096)")
+    max_prompt_tokens: int = opt(1024, "prompt tokens, the refinement prompt with its draft included (paper: 1,024)")
+    stop: list[str] = opt([], "stop strings for generation")
+    concurrency: int = opt(64, "requests in flight over all servers")
+    request_timeout_s: float = opt(1800.0, "seconds per generation request")
+    max_retries: int = opt(5, "retries of a failed request, on the next server")
+    refit_transport: Literal["disk", "http", "nccl"] = opt(
+        "disk", "how weights reach the servers: disk (shared folder), http (small models), nccl (GPU)")
+    refit_dir: Optional[str] = opt(None, "disk transport: a folder rank 0 and every server can read")
+    refit_bucket_mb: int = opt(512, "refit bucket size in MiB (export, send and load overlap bucket by bucket)")
+    # "wait": each sample has exactly one weight version; "abort": the client retries them on the
+    # new weights; "keep": such samples span two versions and are labelled with the older one.
+    refit_pause_mode: Literal["wait", "abort", "keep"] = opt(
+        "wait", "in-flight requests at a refit: finish on old weights, abort (retried), keep on new weights")
+    nccl_master_address: Optional[str] = opt(None, "nccl transport: this trainer node's address")
+    nccl_master_port: int = opt(29650, "nccl transport: rendezvous port on the trainer node")
+    stale_policy: Literal["refuse", "count"] = opt(
+        "refuse", "a sample from older weights: refuse (error) or count it in the metrics")
+
+    def validate(self) -> None:
+        _require(0 < self.temperature,
+                 "rollout.temperature must be > 0 (training samples, it does not decode greedily)")
+        _require(0 < self.top_p <= 1, "rollout.top_p must be in (0, 1]")
+        _require(self.max_prompt_tokens + self.max_tokens <= self.max_model_len,
+                 f"rollout.max_prompt_tokens ({self.max_prompt_tokens}) + rollout.max_tokens ({self.max_tokens}) "
+                 f"exceeds rollout.max_model_len ({self.max_model_len}); raise max_model_len or lower the others")
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Section):
     """The outer loop: batch sizes, schedule, logging and checkpoints."""
 
-    output_dir: str = "runs/igrpo"
-    seed: int = 1234
-    epochs: int = 1
-    max_steps: Optional[int] = None  # None: one pass over the data times ``epochs``
-    prompts_per_step: int = 128
-    micro_batch_size: int = 4  # sequences per forward/backward micro-batch
-    ppo_epochs: int = 1
-    mini_batches: int = 1  # optimizer steps per rollout batch (per PPO epoch)
-    save_every: int = 50
-    keep_last: int = 3
-    resume: bool = True  # continue from output_dir/checkpoints/latest if present
-    # False: resume weights, schedule, RNG and data position but start Adam afresh (e.g. after
-    # switching parallel.use_distributed_optimizer, whose state megatron-core cannot convert)
-    load_optimizer: bool = True
-    log_every: int = 1
-    tensorboard: bool = True
+    output_dir: str = opt("runs/igrpo", "run folder: checkpoints, metrics.jsonl, tensorboard, server logs")
+    seed: int = opt(1234, "seed of initialisation and dropout (per layout, as Megatron-LM seeds)")
+    epochs: int = opt(1, "passes over the data when max_steps is null (paper: 1)")
+    max_steps: Optional[int] = opt(None, "rollout steps to run; null: epochs x data size / prompts_per_step")
+    prompts_per_step: int = opt(128, "prompts per rollout step (paper: 1,024 completions per step = 128 x 8)")
+    micro_batch_size: int = opt(4, "sequences per forward/backward micro-batch")
+    ppo_epochs: int = opt(1, "passes over each rollout batch")
+    mini_batches: int = opt(1, "optimizer steps per rollout batch and PPO epoch")
+    save_every: int = opt(50, "checkpoint every this many steps, and at the end; 0: never")
+    keep_last: int = opt(3, "checkpoints kept (older ones are deleted)")
+    resume: bool = opt(True, "continue from output_dir/checkpoints/latest if present")
+    # e.g. after switching parallel.use_distributed_optimizer, whose state megatron-core cannot convert
+    load_optimizer: bool = opt(
+        True, "resume Adam's state; false: weights, schedule, RNG and data position only")
+    tensorboard: bool = opt(True, "also write TensorBoard events to output_dir")
+
+    def validate(self) -> None:
+        _require(0 < self.prompts_per_step, "train.prompts_per_step must be > 0")
+        _require(self.micro_batch_size >= 1, "train.micro_batch_size must be >= 1")
+        _require(self.mini_batches >= 1 and self.ppo_epochs >= 1,
+                 "train.mini_batches and train.ppo_epochs must be >= 1")
+        _require(self.keep_last >= 1, "train.keep_last must be >= 1")
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(Section):
     """``igrpo-eval``: avg@k, maj@k, pass@k through vLLM servers (the paper's protocol by default).
 
     Each entry of ``benchmarks`` is a registry name (igrpo_megatron/eval/benchmarks.py) or
     ``name=path`` to read that benchmark from a local jsonl/json/parquet file instead of the hub.
     """
 
-    benchmarks: list[str] = field(
-        default_factory=lambda: ["aime24", "aime25", "math500", "amc23", "gsm8k", "minerva_math"])
-    data_dir: Optional[str] = None  # a folder of <name>.jsonl files that replaces the hub downloads
-    samples: Optional[int] = None  # k for every benchmark; None: the paper's (64 AIME, 8 otherwise)
-    pass_k: Optional[list[int]] = None  # unbiased pass@k reported; None: 1, 2, 4, ... up to k
-    temperature: float = 0.6
-    top_p: float = 0.95
-    max_tokens: int = 65000  # generated tokens per sample (the paper's 65,000), whatever training used
-    max_model_len: Optional[int] = None  # of the servers igrpo-eval starts; None: longest prompt + max_tokens
-    samples_per_request: int = 4  # a problem's k samples go out as requests of at most this many
-    servers: int = 1  # vLLM servers igrpo-eval starts when rollout.server_urls is empty (GPUs split among them)
-    request_timeout_s: float = 7200.0  # one request's limit; must cover a sample of max_tokens tokens
-    paper_row: Optional[str] = None  # Table 1 row for results.md, e.g. "DeepSeek-R1-Distill-Qwen-7B/iGRPO"
-    # "training": the system instruction the policy was trained with (algorithms/igrpo.py), so a
-    # trained model is asked the way it learned; "none": no system message (e.g. a base model).
-    system_prompt: Literal["training", "none"] = "training"
-    prompt_template: str = "{problem}"  # the user message; {problem} is replaced, other braces kept
-    limit: Optional[int] = None  # first n problems of each benchmark (smoke runs)
-    seed: int = 0
-    output_dir: str = "runs/eval"
+    benchmarks: list[str] = opt(
+        ["aime24", "aime25", "math500", "amc23", "gsm8k", "minerva_math"],
+        "benchmark names, or name=path for a local file (paper: these six; also gpqa_diamond, mmlu_pro)")
+    data_dir: Optional[str] = opt(None, "folder of <name>.jsonl files that replaces the hub downloads")
+    samples: Optional[int] = opt(None, "k of avg@k for every benchmark; null: the paper's (64 AIME, 8 the rest)")
+    pass_k: Optional[list[int]] = opt(None, "unbiased pass@k values reported (each <= samples); null: 1, 2, 4, ... k")
+    temperature: float = opt(0.6, "sampling temperature (paper: 0.6)")
+    top_p: float = opt(0.95, "nucleus sampling threshold (paper: 0.95)")
+    max_tokens: int = opt(65000, "generated tokens per sample, whatever training used (paper: 65,000)")
+    max_model_len: Optional[int] = opt(
+        None, "context of the servers igrpo-eval starts; null: longest prompt + max_tokens")
+    samples_per_request: int = opt(4, "a problem's k samples go out as requests of at most this many")
+    servers: int = opt(1, "vLLM servers igrpo-eval starts when rollout.server_urls is empty (GPUs split among them)")
+    request_timeout_s: float = opt(7200.0, "one request's time limit; must cover a sample of max_tokens tokens")
+    paper_row: Optional[str] = opt(
+        None, "Table 1 row results.md compares with, e.g. DeepSeek-R1-Distill-Qwen-7B/iGRPO; null: by model name")
+    system_prompt: Literal["training", "none"] = opt(
+        "training", "training: the system instruction the policy trained with; none: no system message")
+    prompt_template: str = opt("{problem}", "the user message; {problem} is replaced, other braces kept")
+    limit: Optional[int] = opt(None, "first n problems of each benchmark (smoke runs); null: all")
+    seed: int = opt(0, "sampling seed (sample j of problem i uses seed + i * 65536 + j)")
+    output_dir: str = opt("runs/eval", "folder for the samples (resumable), results.json and results.md")
+
+    def validate(self) -> None:
+        from igrpo_megatron.eval.report import PAPER_ROWS
+        from igrpo_megatron.eval.runner import SEED_STRIDE
+
+        _require(bool(self.benchmarks), "eval.benchmarks is empty; name at least one (e.g. [math500])")
+        _require(self.samples is None or 1 <= self.samples <= SEED_STRIDE,
+                 f"eval.samples must be in [1, {SEED_STRIDE}] or null (null: the paper's k per benchmark)")
+        _require(self.samples is None or all(k <= self.samples for k in self.pass_k or ()),
+                 f"eval.pass_k={self.pass_k} asks for k above eval.samples={self.samples}")
+        _require(all(k >= 1 for k in self.pass_k or ()), "eval.pass_k values must be >= 1")
+        _require(0 < self.top_p <= 1 and self.temperature >= 0,
+                 "eval.top_p must be in (0, 1] and eval.temperature >= 0")
+        _require("{problem}" in self.prompt_template, "eval.prompt_template must contain {problem}")
+        _require(min(self.max_tokens, self.samples_per_request, self.servers) >= 1,
+                 "eval.max_tokens, eval.samples_per_request and eval.servers must be >= 1")
+        _require(self.paper_row is None or self.paper_row in PAPER_ROWS,
+                 f"eval.paper_row={self.paper_row!r} is not a Table 1 row; one of: {', '.join(PAPER_ROWS)}")
 
 
 @dataclass
@@ -248,12 +368,11 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
+    def sections(self) -> list[Section]:
+        return [getattr(self, f.name) for f in dataclasses.fields(self)]
+
 
 # ----------------------------------------------------------------------------------- loading
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
 def _coerce(value: Any, tp: Any, path: str) -> Any:
@@ -402,54 +521,22 @@ def dump_yaml(cfg: Config) -> str:
 # -------------------------------------------------------------------------------- validation
 
 
-def _require(cond: bool, msg: str) -> None:
-    if not cond:
-        raise ConfigError(msg)
-
-
 def validate(cfg: Config, world_size: Optional[int] = None, *, training: bool = True) -> None:
-    """Cross-field checks; ``models.provider.check_layout`` checks the layout against the model's shape."""
-    p, ig, r, t, loss, o = cfg.parallel, cfg.igrpo, cfg.rollout, cfg.train, cfg.loss, cfg.optim
-    _require(p.tp >= 1 and p.pp >= 1, "parallel.tp and parallel.pp must be >= 1")
-    _require(ig.num_drafts >= 0, "igrpo.num_drafts must be >= 0 (0 is plain GRPO)")
-    _require(ig.num_refinements >= 2,
-             "igrpo.num_refinements must be >= 2: group-relative advantages need a group")
-    if ig.group_budget is not None:
-        _require(
-            ig.num_drafts + ig.num_refinements == ig.group_budget,
-            f"igrpo.num_drafts + igrpo.num_refinements = {ig.num_drafts + ig.num_refinements} but "
-            f"igrpo.group_budget = {ig.group_budget}; budget matching with GRPO needs N + G = budget "
-            f"(paper: 4 + 4 = 8). Change one of them, or set igrpo.group_budget=null to turn matching off",
-        )
-    _require(0 < t.prompts_per_step, "train.prompts_per_step must be > 0")
-    _require(t.micro_batch_size >= 1, "train.micro_batch_size must be >= 1")
-    _require(t.mini_batches >= 1 and t.ppo_epochs >= 1, "train.mini_batches and train.ppo_epochs must be >= 1")
-    _require(t.keep_last >= 1, "train.keep_last must be >= 1")
-    _require(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio must be in [0, 1]")
-    _require(0 <= o.warmup_ratio < 1, "optim.warmup_ratio must be in [0, 1)")
-    _require(o.lr > 0, "optim.lr must be > 0")
-    _require(0 <= loss.clip_low < 1 and loss.clip_high >= 0,
-             "loss.clip_low must be in [0, 1) (the ratio's lower bound is 1 - clip_low) and loss.clip_high >= 0")
+    """Every section's own checks, then those that span sections.
+
+    ``world_size`` defaults to the launcher's (``WORLD_SIZE``, set by torchrun and the launch
+    scripts) in a training run, so a layout that cannot fill the world fails here, before any
+    process group exists. ``models.provider.check_layout`` checks the layout against the model's shape.
+    """
+    for section in cfg.sections():
+        section.validate()
+    loss, r = cfg.loss, cfg.rollout
     _require(loss.aggregation != "seq_mean_token_sum_norm" or (loss.seq_sum_norm_constant or 0) > 0,
              f"loss.aggregation=seq_mean_token_sum_norm (Dr.GRPO) needs loss.seq_sum_norm_constant > 0; "
              f"set it to the generation budget, rollout.max_tokens={r.max_tokens}")
-    _require(ig.max_draft_tokens is None or ig.max_draft_tokens >= 1,
-             "igrpo.max_draft_tokens must be >= 1 or null (null: whatever the prompt budget leaves)")
-    _require(loss.dual_clip_c is None or loss.dual_clip_c > 1,
-             "loss.dual_clip_c must be > 1 (e.g. 3.0) or null")
-    _require(loss.tis_cap is None or loss.tis_cap >= 1, "loss.tis_cap must be >= 1 or null")
-    _require(loss.kl_beta >= 0, "loss.kl_beta must be >= 0")
-    _require(0 < r.temperature, "rollout.temperature must be > 0 (training samples, it does not decode greedily)")
-    _require(0 < r.top_p <= 1, "rollout.top_p must be in (0, 1]")
-    _require(r.max_prompt_tokens + r.max_tokens <= r.max_model_len,
-             f"rollout.max_prompt_tokens ({r.max_prompt_tokens}) + rollout.max_tokens ({r.max_tokens}) "
-             f"exceeds rollout.max_model_len ({r.max_model_len}); raise max_model_len or lower the others")
-    if cfg.model.fp8 is not None:
-        _require(cfg.model.dtype == "bf16", "model.fp8 needs model.dtype=bf16 (FP8 keeps bf16 master compute)")
-    _require(cfg.reward.kind != "judge" or bool(cfg.reward.judge_url),
-             "reward.kind=judge needs reward.judge_url (an OpenAI-compatible endpoint)")
     _require(not training or cfg.data.preset is not None or cfg.data.source is not None,
              "data: set data.preset (math, acereason, synthetic) or data.source (hub name or local file)")
+    if world_size is None and training and "WORLD_SIZE" in os.environ:
+        world_size = int(os.environ["WORLD_SIZE"])
     if world_size is not None:
-        _require(world_size % (p.tp * p.pp) == 0,
-                 f"world size {world_size} is not divisible by parallel.tp * parallel.pp = {p.tp * p.pp}")
+        cfg.parallel.check_world_size(world_size)

@@ -1,9 +1,14 @@
 """The typed config tree: YAML + overrides, user-facing errors that name the field, and round trips."""
 import dataclasses
+import re
+import typing
+from typing import Optional
 
 import pytest
 
-from igrpo_megatron.config import Config, ConfigError, dump_yaml, load_config, parse_overrides, validate
+from igrpo_megatron.config import (Config, ConfigError, EvalConfig, Section, dump_yaml, load_config, opt,
+                                   parse_overrides, validate)
+from igrpo_megatron.config_help import format_help
 
 BASE = ["data.preset=synthetic"]  # the one field without a usable default
 
@@ -86,6 +91,69 @@ def test_world_size_check():
     with pytest.raises(ConfigError, match="world size 6 is not divisible by parallel.tp \\* parallel.pp = 4"):
         validate(cfg, world_size=6)
     validate(cfg, world_size=8)
+
+
+def test_world_size_comes_from_the_launcher_before_any_process_group(monkeypatch):
+    """torchrun's WORLD_SIZE is checked while loading, so a bad layout fails before initialize_parallel."""
+    monkeypatch.setenv("WORLD_SIZE", "6")
+    with pytest.raises(ConfigError, match="world size 6 is not divisible by parallel.tp \\* parallel.pp = 4; "
+                                          "launch a multiple of 4 ranks"):
+        _load("parallel.tp=4")
+    assert _load("parallel.tp=2", "parallel.pp=3").parallel.pp == 3
+    load_config(None, ["parallel.tp=4"], training=False)  # igrpo-serve / igrpo-eval: no training world
+    monkeypatch.delenv("WORLD_SIZE")
+    assert _load("parallel.tp=4").parallel.tp == 4  # no launcher (a login node's --print-config): not checked
+
+
+def test_eval_config_errors_name_the_field():
+    for kwargs, msg in [({"samples": 4, "pass_k": [8]}, "eval.pass_k"), ({"benchmarks": []}, "eval.benchmarks"),
+                        ({"prompt_template": "Solve it"}, "{problem}"), ({"samples": 0}, "eval.samples")]:
+        with pytest.raises(ConfigError, match=msg):
+            EvalConfig(**kwargs).validate()
+    with pytest.raises(ConfigError, match="eval.prompt_template must contain {problem}"):
+        load_config(None, ["eval.prompt_template=Solve it"], training=False)  # load_config runs it
+
+
+def undocumented(cls: type, prefix: str = "") -> list[str]:
+    """Dotted names of the fields under ``cls`` without a help text (sections are walked into)."""
+    hints = typing.get_type_hints(cls)
+    missing = []
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            missing += undocumented(hints[f.name], f"{prefix}{f.name}.")
+        elif not f.metadata.get("help", "").strip():
+            missing.append(prefix + f.name)
+    return missing
+
+
+def test_every_field_has_help():
+    assert undocumented(Config) == []
+    fields = [f for s in Config().sections() for f in dataclasses.fields(s)]
+    assert len(fields) >= 120 and all(len(f.metadata["help"]) <= 110 for f in fields)  # one line each
+
+    @dataclasses.dataclass
+    class Half(Section):
+        documented: int = opt(1, "a field with help")
+        bare: Optional[str] = None
+        blank: float = opt(0.0, " ")
+
+    @dataclasses.dataclass
+    class Tree:
+        half: Half = dataclasses.field(default_factory=Half)
+
+    assert undocumented(Tree) == ["half.bare", "half.blank"]  # the same check catches them
+
+
+def test_help_lists_type_default_and_help_of_a_section():
+    text = format_help("igrpo")
+    assert "  igrpo.group_budget: int|null = 8\n      GRPO's group size that N + G must equal (paper: 8)" in text
+    assert "\n  loss." not in text
+    everything = format_help()
+    assert "  eval.benchmarks: list[str] = [aime24, aime25, math500, amc23, gsm8k, minerva_math]\n" in everything
+    assert "  model.fp8: e4m3|hybrid|null = null\n" in everything
+    assert len(re.findall(r"^  \w+\.\w+: ", everything, re.M)) == sum(len(dataclasses.fields(s)) for s in Config().sections())
+    with pytest.raises(ConfigError, match="unknown section 'los'; sections: model parallel optim loss igrpo"):
+        format_help("los")
 
 
 def test_yaml_plus_overrides(tmp_path):

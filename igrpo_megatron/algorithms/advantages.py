@@ -11,17 +11,10 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from igrpo_megatron.registry import Registry
+
 AdvantageFn = Callable[[Tensor], Tensor]
-ADVANTAGE_ESTIMATORS: dict[str, AdvantageFn] = {}
-
-
-def register_advantage(name: str) -> Callable[[AdvantageFn], AdvantageFn]:
-    def wrap(fn: AdvantageFn) -> AdvantageFn:
-        assert name not in ADVANTAGE_ESTIMATORS, f"advantage estimator {name} registered twice"
-        ADVANTAGE_ESTIMATORS[name] = fn
-        return fn
-
-    return wrap
+ADVANTAGE_ESTIMATORS: Registry[AdvantageFn] = Registry("loss.advantage")
 
 
 def _zero_variance(rewards: Tensor) -> Tensor:
@@ -34,7 +27,7 @@ def _zero_variance(rewards: Tensor) -> Tensor:
     return (rewards.amax(dim=1, keepdim=True) == rewards.amin(dim=1, keepdim=True))
 
 
-@register_advantage("grpo")
+@ADVANTAGE_ESTIMATORS.register("grpo")
 def grpo_advantages(rewards: Tensor) -> Tensor:
     """GRPO (Shao et al. 2024, DeepSeekMath; iGRPO paper eq. for A): ``(r - mean) / std`` per group.
 
@@ -48,7 +41,7 @@ def grpo_advantages(rewards: Tensor) -> Tensor:
     return torch.where(flat, torch.zeros_like(centered), centered / std)
 
 
-@register_advantage("drgrpo")
+@ADVANTAGE_ESTIMATORS.register("drgrpo")
 def drgrpo_advantages(rewards: Tensor) -> Tensor:
     """Dr.GRPO (Liu et al. 2025, "Understanding R1-Zero-Like Training"): ``r - mean``, no std.
 
@@ -58,7 +51,7 @@ def drgrpo_advantages(rewards: Tensor) -> Tensor:
     return rewards - rewards.mean(dim=1, keepdim=True)
 
 
-@register_advantage("rloo")
+@ADVANTAGE_ESTIMATORS.register("rloo")
 def rloo_advantages(rewards: Tensor) -> Tensor:
     """RLOO (Kool et al. 2019; Ahmadian et al. 2024): ``r_i - mean_{j != i} r_j``.
 
@@ -72,8 +65,7 @@ def rloo_advantages(rewards: Tensor) -> Tensor:
 
 def compute_advantages(rewards: Tensor, kind: str) -> Tensor:
     """Advantages ``[num_groups, group_size]`` from rewards of the same shape (``kind``: loss.advantage)."""
-    if kind not in ADVANTAGE_ESTIMATORS:
-        raise ValueError(f"unknown advantage estimator {kind!r}; valid: {sorted(ADVANTAGE_ESTIMATORS)}")
+    estimator = ADVANTAGE_ESTIMATORS[kind]
     if rewards.dim() != 2 or rewards.shape[1] < 2:
         raise ValueError(
             f"rewards must be [num_groups, group_size] with group_size >= 2 (a group-relative baseline "
@@ -81,7 +73,7 @@ def compute_advantages(rewards: Tensor, kind: str) -> Tensor:
         )
     if not torch.isfinite(rewards).all():
         raise ValueError("rewards contain NaN or inf; the reward function must score every sample")
-    return ADVANTAGE_ESTIMATORS[kind](rewards.float())
+    return estimator(rewards.float())
 
 
 def token_advantages(advantages: Tensor, mask: Tensor) -> Tensor:

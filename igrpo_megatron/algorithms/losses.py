@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from igrpo_megatron.config import LossConfig
+from igrpo_megatron.registry import Registry
 
 Count = Union[int, float, Tensor]
 
@@ -33,32 +34,24 @@ MAX_LOG_RATIO = 20.0
 # ------------------------------------------------------------------------------ KL estimators
 
 KLFn = Callable[[Tensor, Tensor], Tensor]
-KL_ESTIMATORS: dict[str, KLFn] = {}
-
-
-def _register_kl(name: str) -> Callable[[KLFn], KLFn]:
-    def wrap(fn: KLFn) -> KLFn:
-        KL_ESTIMATORS[name] = fn
-        return fn
-
-    return wrap
+KL_ESTIMATORS: Registry[KLFn] = Registry("loss.kl_estimator")
 
 
 # Schulman, "Approximating KL divergence" (2020): samples come from the policy q = pi_theta, the
 # target is KL(q || p) with p = pi_ref, and r = p(x) / q(x), i.e. log r = ref - logprobs.
-@_register_kl("k1")
+@KL_ESTIMATORS.register("k1")
 def kl_k1(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
     """k1 = -log r: unbiased, high variance, can be negative per token."""
     return logprobs - ref_logprobs
 
 
-@_register_kl("k2")
+@KL_ESTIMATORS.register("k2")
 def kl_k2(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
     """k2 = (log r)^2 / 2: biased, low variance, non-negative."""
     return 0.5 * (logprobs - ref_logprobs) ** 2
 
 
-@_register_kl("k3")
+@KL_ESTIMATORS.register("k3")
 def kl_k3(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
     """k3 = (r - 1) - log r: unbiased, low variance, non-negative (the GRPO / iGRPO paper's choice)."""
     log_r = (ref_logprobs - logprobs).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
@@ -67,18 +60,25 @@ def kl_k3(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
 
 # ------------------------------------------------------------------------------ aggregation
 
+AggregationFn = Callable[[Tensor, Tensor, Count, Count, Optional[float]], Tensor]
+AGGREGATIONS: Registry[AggregationFn] = Registry("loss.aggregation")
+
+
+@AGGREGATIONS.register("seq_mean_token_mean")
 def _seq_mean_token_mean(values: Tensor, mask: Tensor, num_sequences: Count, num_tokens: Count,
                          norm_constant: Optional[float]) -> Tensor:
     """GRPO / iGRPO paper: mean over a sequence's tokens, then mean over sequences."""
     return (values.sum(1) / mask.sum(1).clamp_min(1)).sum() / num_sequences
 
 
+@AGGREGATIONS.register("token_mean")
 def _token_mean(values: Tensor, mask: Tensor, num_sequences: Count, num_tokens: Count,
                 norm_constant: Optional[float]) -> Tensor:
     """DAPO (Yu et al. 2025): mean over all tokens of the step, so long answers are not down-weighted."""
     return values.sum() / num_tokens
 
 
+@AGGREGATIONS.register("seq_mean_token_sum_norm")
 def _seq_mean_token_sum_norm(values: Tensor, mask: Tensor, num_sequences: Count, num_tokens: Count,
                              norm_constant: Optional[float]) -> Tensor:
     """Dr.GRPO (Liu et al. 2025): token sums divided by a CONSTANT (not the sequence's length, which
@@ -88,13 +88,6 @@ def _seq_mean_token_sum_norm(values: Tensor, mask: Tensor, num_sequences: Count,
                          "(Dr.GRPO uses the generation budget, rollout.max_tokens)")
     return (values.sum(1) / norm_constant).sum() / num_sequences
 
-
-AggregationFn = Callable[[Tensor, Tensor, Count, Count, Optional[float]], Tensor]
-AGGREGATIONS: dict[str, AggregationFn] = {
-    "seq_mean_token_mean": _seq_mean_token_mean,
-    "token_mean": _token_mean,
-    "seq_mean_token_sum_norm": _seq_mean_token_sum_norm,
-}
 
 # ------------------------------------------------------------------------------ losses
 
@@ -235,8 +228,6 @@ def policy_loss(
 
 def kl_estimate(logprobs: Tensor, ref_logprobs: Tensor, kind: str) -> Tensor:
     """Per-token estimate of KL(pi_theta || pi_ref) from samples of pi_theta (``kind``: k1, k2, k3)."""
-    if kind not in KL_ESTIMATORS:
-        raise ValueError(f"unknown KL estimator {kind!r}; valid: {sorted(KL_ESTIMATORS)}")
     return KL_ESTIMATORS[kind](logprobs, ref_logprobs)
 
 

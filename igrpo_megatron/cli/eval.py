@@ -92,11 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, overrides, training=False)
         from igrpo_megatron.data import load_tokenizer
         from igrpo_megatron.eval.model_source import resolve_model
-        from igrpo_megatron.eval.runner import (check_eval_config, check_server_lengths, evaluate, prepare,
-                                                required_model_len)
+        from igrpo_megatron.eval.runner import check_server_lengths, evaluate, prepare, required_model_len
         from igrpo_megatron.rollout import resolve_api_key
 
-        check_eval_config(cfg.eval)
         name = cfg.model.hf_path
         if not name:
             raise ConfigError("no model to evaluate: set model.hf_path or pass --model (its tokenizer builds "

@@ -2,6 +2,7 @@
 
 ``--print-config`` prints the resolved YAML tree (file + overrides, defaults filled in,
 validated) and exits without touching torch.distributed: the way to check a run before sbatch.
+``--help-config [section]`` prints every field with its type, default and help.
 """
 from __future__ import annotations
 
@@ -16,9 +17,16 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML run config (configs/*.yaml)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--help-config", nargs="?", const="", metavar="SECTION",
+                        help="print the config fields (of one section) with type, default and help, and exit")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.max_steps=10")
     args = parser.parse_args(argv)
     try:
+        if args.help_config is not None:
+            from igrpo_megatron.config_help import format_help
+
+            print(format_help(args.help_config or None), end="")
+            return 0
         cfg = load_config(args.config, args.overrides)
         if args.print_config:
             print(dump_yaml(cfg), end="")

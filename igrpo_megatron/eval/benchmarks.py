@@ -20,9 +20,9 @@ import random
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
-from igrpo_megatron.eval.choice import LETTERS
-
 from igrpo_megatron.config import ConfigError
+from igrpo_megatron.eval.choice import LETTERS
+from igrpo_megatron.registry import Registry
 
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
@@ -51,7 +51,8 @@ class Benchmark:
         return (self.problem_field, self.answer_field, *filter(None, [self.choices_field]), *self.distractor_fields)
 
 
-BENCHMARKS = {b.name: b for b in [
+BENCHMARKS: Registry[Benchmark] = Registry("eval.benchmarks")
+for _b in [
     Benchmark("aime24", "HuggingFaceH4/aime_2024", "train", "problem", "answer", 64),
     Benchmark("aime25", "math-ai/aime25", "test", "problem", "answer", 64),
     Benchmark("math500", "HuggingFaceH4/MATH-500", "test", "problem", "answer", 8),
@@ -61,7 +62,8 @@ BENCHMARKS = {b.name: b for b in [
     Benchmark("gpqa_diamond", "Idavidrein/gpqa", "train", "Question", "Correct Answer", 8, subset="gpqa_diamond",
               distractor_fields=("Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3")),
     Benchmark("mmlu_pro", "TIGER-Lab/MMLU-Pro", "test", "question", "answer", 8, choices_field="options"),
-]}
+]:
+    BENCHMARKS.register(_b.name)(_b)
 
 
 @dataclass(frozen=True)

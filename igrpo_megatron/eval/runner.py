@@ -32,7 +32,7 @@ from igrpo_megatron.config import Config, ConfigError, EvalConfig, RewardConfig
 from igrpo_megatron.data.chat import format_prompt
 from igrpo_megatron.eval.benchmarks import Benchmark, Problem, load_benchmark
 from igrpo_megatron.eval.choice import extract_choice
-from igrpo_megatron.eval.report import PAPER_ROWS, paper_row, results_markdown
+from igrpo_megatron.eval.report import paper_row, results_markdown
 from igrpo_megatron.eval.samples import Key, SampleStore
 from igrpo_megatron.eval.scores import summarize_records
 from igrpo_megatron.rewards.extract import extract_answer
@@ -40,26 +40,6 @@ from igrpo_megatron.rewards.extract import extract_answer
 log = logging.getLogger(__name__)
 
 SEED_STRIDE = 1 << 16  # more samples than any k of the protocol
-
-
-def check_eval_config(e: EvalConfig) -> None:
-    """The eval section's own checks (config.validate covers the training sections)."""
-    if not e.benchmarks:
-        raise ConfigError("eval.benchmarks is empty; name at least one (e.g. [math500])")
-    if e.samples is not None and not 1 <= e.samples <= SEED_STRIDE:
-        raise ConfigError(f"eval.samples must be in [1, {SEED_STRIDE}] or null (null: the paper's k per benchmark)")
-    if e.samples is not None and any(k > e.samples for k in e.pass_k or ()):
-        raise ConfigError(f"eval.pass_k={e.pass_k} asks for k above eval.samples={e.samples}")
-    if any(k < 1 for k in e.pass_k or ()):
-        raise ConfigError("eval.pass_k values must be >= 1")
-    if not 0 < e.top_p <= 1 or e.temperature < 0:
-        raise ConfigError("eval.top_p must be in (0, 1] and eval.temperature >= 0")
-    if "{problem}" not in e.prompt_template:
-        raise ConfigError("eval.prompt_template must contain {problem}")
-    if e.max_tokens < 1 or e.samples_per_request < 1 or e.servers < 1:
-        raise ConfigError("eval.max_tokens, eval.samples_per_request and eval.servers must be >= 1")
-    if e.paper_row is not None and e.paper_row not in PAPER_ROWS:
-        raise ConfigError(f"eval.paper_row={e.paper_row!r} is not a Table 1 row; one of: {', '.join(PAPER_ROWS)}")
 
 
 def prompt_messages(problem: str, e: EvalConfig) -> list[dict]:
@@ -134,7 +114,7 @@ def prepare(cfg: Config, tokenizer, model: str) -> list[Job]:
     """Load every benchmark, build its prompts and open its sample file; fails (one line) before
     any server starts on a bad benchmark, a bad field or samples saved with other settings."""
     e = cfg.eval
-    check_eval_config(e)
+    e.validate()  # prepare() may get a Config that load_config did not build
     jobs = []
     for spec in e.benchmarks:
         bench, problems = load_benchmark(spec, e.data_dir, e.limit)

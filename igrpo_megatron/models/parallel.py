@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from igrpo_megatron.config import ConfigError, ParallelConfig
+from igrpo_megatron.config import ParallelConfig
 from igrpo_megatron.models.cpu import enable_cpu_support
 
 
@@ -73,13 +73,9 @@ def initialize_parallel(parallel_cfg: ParallelConfig, seed: int = 1234) -> Paral
     from megatron.core import parallel_state
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
-    world = dist.get_world_size()
+    parallel_cfg.validate()
+    parallel_cfg.check_world_size(dist.get_world_size())
     tp, pp = parallel_cfg.tp, parallel_cfg.pp
-    if tp < 1 or pp < 1 or world % (tp * pp) != 0:
-        raise ConfigError(
-            f"parallel.tp={tp} x parallel.pp={pp} does not divide the world size {world}; "
-            f"launch a multiple of {tp * pp} ranks or change parallel.tp / parallel.pp"
-        )
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
     parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)

@@ -7,30 +7,33 @@
 """
 from __future__ import annotations
 
-from igrpo_megatron.config import ConfigError, RewardConfig
+from typing import Callable
+
+from igrpo_megatron.config import RewardConfig
+from igrpo_megatron.registry import Registry
 from igrpo_megatron.rewards.base import Reward, RewardItem, RewardResult
 from igrpo_megatron.rewards.extract import FORMAT_PATTERN, extract_answer, format_reward, last_boxed
 
+# Factories, so that a run imports only the reward it uses (the judge needs aiohttp, math-verify forks).
+REWARDS: Registry[Callable[[RewardConfig], Reward]] = Registry("reward.kind")
 
+
+@REWARDS.register("math_verify")
 def _math_verify(cfg: RewardConfig) -> Reward:
     from igrpo_megatron.rewards.math_verify_reward import RewardPool
 
     return RewardPool(cfg)
 
 
+@REWARDS.register("judge")
 def _judge(cfg: RewardConfig) -> Reward:
     from igrpo_megatron.rewards.judge import JudgeReward
 
     return JudgeReward(cfg)
 
 
-REWARDS = {"math_verify": _math_verify, "judge": _judge}
-
-
 def make_reward(cfg: RewardConfig) -> Reward:
     """The reward named by ``cfg.kind``; use it as a context manager (it owns processes)."""
-    if cfg.kind not in REWARDS:
-        raise ConfigError(f"reward.kind={cfg.kind!r} is unknown; choose one of {sorted(REWARDS)}")
     return REWARDS[cfg.kind](cfg)
 
 

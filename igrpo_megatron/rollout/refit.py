@@ -52,6 +52,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable, Optional, Sequence
 
 from igrpo_megatron.config import ConfigError, RolloutConfig
+from igrpo_megatron.registry import Registry
 from igrpo_megatron.rollout.admin import ServerAdmin
 
 if TYPE_CHECKING:
@@ -137,6 +138,11 @@ def _stream(admins: Sequence[ServerAdmin], method: str, buckets: Iterable[Bucket
     return num_tensors, num_bytes
 
 
+# rollout.refit_transport -> the class that moves a refit's buckets: (cfg, admins) -> transport.
+TRANSPORTS: Registry[type] = Registry("rollout.refit_transport")
+
+
+@TRANSPORTS.register("disk")
 class DiskTransport:
     """Safetensors files in ``rollout.refit_dir``; each server reads them itself."""
 
@@ -175,6 +181,7 @@ class DiskTransport:
                 shutil.rmtree(path, ignore_errors=True)
 
 
+@TRANSPORTS.register("http")
 class HttpTransport:
     """Base64 safetensors buckets in ``/collective_rpc`` bodies."""
 
@@ -193,6 +200,7 @@ class HttpTransport:
         pass
 
 
+@TRANSPORTS.register("nccl")
 class NcclTransport:
     """vLLM's NCCL weight-transfer engine (GPU only; untested on this CPU-only machine).
 
@@ -260,8 +268,6 @@ class NcclTransport:
     def cleanup(self) -> None:
         pass
 
-
-TRANSPORTS = {"disk": DiskTransport, "http": HttpTransport, "nccl": NcclTransport}
 
 
 class Refitter:
