@@ -61,7 +61,8 @@ def served(tiny_qwen2, tmp_path_factory):
     _convert("from-hf", "--hf", trained, "--out", str(ckpt))
     _convert("to-hf", "--ckpt", str(ckpt), "--out", str(hf), "--max-shard-size", "200KB")
     assert len(list(hf.glob("*.safetensors"))) > 1
-    handle = start_test_server(str(hf), str(root / "server"), max_model_len=MAX_MODEL_LEN)
+    # 900 s: on 2 shared cores under load a server has taken over 300 s to come up.
+    handle = start_test_server(str(hf), str(root / "server"), max_model_len=MAX_MODEL_LEN, startup_timeout_s=900.0)
     yield handle, str(hf), str(ckpt)
     handle.stop()
 
