@@ -335,7 +335,7 @@ class TrainConfig(Section):
 
 @dataclass
 class EvalConfig(Section):
-    """``igrpo-eval``: avg@k on math benchmarks through a vLLM server (paper protocol by default).
+    """``igrpo-eval``: avg@k, maj@k, pass@k through vLLM servers (the paper's protocol by default).
 
     Each entry of ``benchmarks`` is a registry name (igrpo_megatron/eval/benchmarks.py) or
     ``name=path`` to read that benchmark from a local jsonl/json/parquet file instead of the hub.
@@ -343,32 +343,44 @@ class EvalConfig(Section):
 
     benchmarks: list[str] = opt(
         ["aime24", "aime25", "math500", "amc23", "gsm8k", "minerva_math"],
-        "benchmark names, or name=path for a local file (paper: these six)")
+        "benchmark names, or name=path for a local file (paper: these six; also gpqa_diamond, mmlu_pro)")
     data_dir: Optional[str] = opt(None, "folder of <name>.jsonl files that replaces the hub downloads")
     samples: Optional[int] = opt(None, "k of avg@k for every benchmark; null: the paper's (64 AIME, 8 the rest)")
-    pass_k: list[int] = opt([1], "unbiased pass@k values also reported (each <= samples)")
+    pass_k: Optional[list[int]] = opt(None, "unbiased pass@k values reported (each <= samples); null: 1, 2, 4, ... k")
     temperature: float = opt(0.6, "sampling temperature (paper: 0.6)")
     top_p: float = opt(0.95, "nucleus sampling threshold (paper: 0.95)")
-    max_tokens: int = opt(
-        65000, "generated tokens per sample, capped by what max_model_len leaves (paper: 65,000)")
+    max_tokens: int = opt(65000, "generated tokens per sample, whatever training used (paper: 65,000)")
+    max_model_len: Optional[int] = opt(
+        None, "context of the servers igrpo-eval starts; null: longest prompt + max_tokens")
+    samples_per_request: int = opt(4, "a problem's k samples go out as requests of at most this many")
+    servers: int = opt(1, "vLLM servers igrpo-eval starts when rollout.server_urls is empty (GPUs split among them)")
+    request_timeout_s: float = opt(7200.0, "one request's time limit; must cover a sample of max_tokens tokens")
+    paper_row: Optional[str] = opt(
+        None, "Table 1 row results.md compares with, e.g. DeepSeek-R1-Distill-Qwen-7B/iGRPO; null: by model name")
     system_prompt: Literal["training", "none"] = opt(
         "training", "training: the system instruction the policy trained with; none: no system message")
     prompt_template: str = opt("{problem}", "the user message; {problem} is replaced, other braces kept")
     limit: Optional[int] = opt(None, "first n problems of each benchmark (smoke runs); null: all")
-    seed: int = opt(0, "sampling seed (problem i uses seed + i)")
-    output_dir: str = opt("runs/eval", "folder for per-benchmark records and the summary")
+    seed: int = opt(0, "sampling seed (sample j of problem i uses seed + i * 65536 + j)")
+    output_dir: str = opt("runs/eval", "folder for the samples (resumable), results.json and results.md")
 
     def validate(self) -> None:
+        from igrpo_megatron.eval.report import PAPER_ROWS
+        from igrpo_megatron.eval.runner import SEED_STRIDE
+
         _require(bool(self.benchmarks), "eval.benchmarks is empty; name at least one (e.g. [math500])")
-        _require(self.samples is None or self.samples >= 1,
-                 "eval.samples must be >= 1 or null (null: the paper's k per benchmark)")
-        _require(self.samples is None or all(k <= self.samples for k in self.pass_k),
+        _require(self.samples is None or 1 <= self.samples <= SEED_STRIDE,
+                 f"eval.samples must be in [1, {SEED_STRIDE}] or null (null: the paper's k per benchmark)")
+        _require(self.samples is None or all(k <= self.samples for k in self.pass_k or ()),
                  f"eval.pass_k={self.pass_k} asks for k above eval.samples={self.samples}")
-        _require(all(k >= 1 for k in self.pass_k), "eval.pass_k values must be >= 1")
+        _require(all(k >= 1 for k in self.pass_k or ()), "eval.pass_k values must be >= 1")
         _require(0 < self.top_p <= 1 and self.temperature >= 0,
                  "eval.top_p must be in (0, 1] and eval.temperature >= 0")
         _require("{problem}" in self.prompt_template, "eval.prompt_template must contain {problem}")
-        _require(self.max_tokens >= 1, "eval.max_tokens must be >= 1")
+        _require(min(self.max_tokens, self.samples_per_request, self.servers) >= 1,
+                 "eval.max_tokens, eval.samples_per_request and eval.servers must be >= 1")
+        _require(self.paper_row is None or self.paper_row in PAPER_ROWS,
+                 f"eval.paper_row={self.paper_row!r} is not a Table 1 row; one of: {', '.join(PAPER_ROWS)}")
 
 
 @dataclass

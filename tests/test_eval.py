@@ -54,11 +54,15 @@ def test_summarize_by_hand():
 
 
 def test_registry_follows_the_paper_protocol():
-    assert set(BENCHMARKS) == {"aime24", "aime25", "math500", "amc23", "gsm8k", "minerva_math"}
+    table1 = ["aime24", "aime25", "math500", "amc23", "gsm8k", "minerva_math"]
+    assert list(BENCHMARKS) == table1 + ["gpqa_diamond", "mmlu_pro"]  # Fig. 2 adds the multiple-choice two
     assert {n: b.samples for n, b in BENCHMARKS.items()} == {
-        "aime24": 64, "aime25": 64, "math500": 8, "amc23": 8, "gsm8k": 8, "minerva_math": 8}
+        "aime24": 64, "aime25": 64, "math500": 8, "amc23": 8, "gsm8k": 8, "minerva_math": 8,
+        "gpqa_diamond": 8, "mmlu_pro": 8}
+    assert [n for n, b in BENCHMARKS.items() if b.multiple_choice] == ["gpqa_diamond", "mmlu_pro"]
     e = EvalConfig()
-    assert (e.temperature, e.top_p, e.samples, e.benchmarks) == (0.6, 0.95, None, list(BENCHMARKS))
+    assert (e.temperature, e.top_p, e.samples, e.benchmarks) == (0.6, 0.95, None, table1)
+    assert e.max_tokens == 65000  # the paper's generation budget, independent of rollout.max_tokens
 
 
 def test_local_files_replace_the_hub(tmp_path):
@@ -125,8 +129,9 @@ def test_igrpo_eval_end_to_end_on_a_real_vllm_server(tiny_qwen2, tmp_path):
     """The CLI starts a vLLM (CPU) server for the tiny model, samples k completions per problem
     with the eval protocol's seed, scores them and writes per-sample records and the summary.
 
-    The model served is what a user takes away: the tiny model through ``igrpo-convert from-hf``
-    and ``to-hf`` (sharded safetensors + index), so vLLM loading that folder is checked too."""
+    The model is what training leaves behind: a Megatron checkpoint (the tiny model through
+    ``igrpo-convert from-hf``), which igrpo-eval converts to a temporary HF folder with to-hf's
+    code and removes afterwards. (tests/test_eval_protocol.py serves a to-hf sharded folder.)"""
     pytest.importorskip("vllm")
     from transformers import AutoTokenizer
 
@@ -138,13 +143,10 @@ def test_igrpo_eval_end_to_end_on_a_real_vllm_server(tiny_qwen2, tmp_path):
     math500 = _jsonl(tmp_path / "math500.jsonl", rows)
     amc = _jsonl(tmp_path / "amc.jsonl", [{"question": r["problem"], "answer": r["answer"]} for r in rows[:1]])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}
-    model = tmp_path / "hf_out"
-    for args in (["from-hf", "--hf", tiny_qwen2, "--out", str(tmp_path / "ckpt")],
-                 ["to-hf", "--ckpt", str(tmp_path / "ckpt"), "--out", str(model), "--max-shard-size", "200KB"]):
-        proc = subprocess.run([sys.executable, "-m", "igrpo_megatron.cli.convert", *args], capture_output=True,
-                              text=True, timeout=300, env=env, cwd=REPO)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert len(list(model.glob("*.safetensors"))) > 1
+    model = tmp_path / "ckpt"
+    proc = subprocess.run([sys.executable, "-m", "igrpo_megatron.cli.convert", "from-hf", "--hf", tiny_qwen2,
+                           "--out", str(model)], capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
     out = tmp_path / "eval"
     cfg = tmp_path / "eval.yaml"
     cfg.write_text(f"""
@@ -165,7 +167,11 @@ eval: {{benchmarks: ["math500={math500}", "amc23={amc}"], samples: 4, pass_k: [1
     records = [json.loads(line) for line in (out / "math500.jsonl").read_text().splitlines()]
     amc_records = [json.loads(line) for line in (out / "amc23.jsonl").read_text().splitlines()]
     assert [(r["id"], r["sample"]) for r in records] == [(f"math500:{i}", j) for i in (1, 2) for j in range(4)]
-    tok = AutoTokenizer.from_pretrained(str(model))
+    assert not list(out.glob(".hf-from-megatron-*"))  # the converted folder is removed
+    assert json.loads((out / "math500.settings.json").read_text())["model"].startswith(
+        f"megatron:{os.path.realpath(model)}/iter_")
+    assert results["model"] == str(model)
+    tok = AutoTokenizer.from_pretrained(tiny_qwen2)
     e = load_config(str(cfg)).eval
     for r, row in zip(records[::4], rows):  # the prompt is the training system prompt + the problem
         assert r["prompt_tokens"] == len(format_prompt(tok, prompt_messages(row["problem"], e)))
@@ -183,3 +189,143 @@ eval: {{benchmarks: ["math500={math500}", "amc23={amc}"], samples: 4, pass_k: [1
     assert results["average"] == pytest.approx((m["avg@4"] + results["benchmarks"]["amc23"]["avg@4"]) / 2)
     assert proc.stdout.strip().splitlines()[-1] == f"average: {results['average']:.4f}"
     assert results["protocol"]["temperature"] == 0.6 and results["protocol"]["top_p"] == 0.95
+
+
+# ------------------------------------------------------------------ the paper's protocol, offline parts
+
+GPQA_CHOICES = ("12", "42", "7", "none of these")
+# (completion, letter read from it) on a question whose choices are GPQA_CHOICES.
+LETTER_CASES = [
+    ("Between A and B I first lean to A, but the answer is C.", "C"),  # several letters mentioned
+    ("The answer is not B. Checking again, the answer is D.", "D"),
+    ("The answer is not B.", None),  # ruling a letter out names no answer
+    ("Option A fails, option B fails. So \\boxed{C}", "C"),
+    ("so \\boxed{(b)}", "B"),  # boxed, lowercase, in parentheses
+    ("Thus the answer is (c).", "C"),
+    ("A) is wrong since 3 > 2; B) too.\n\n(C)", "C"),  # a lone last line
+    ("Choice A looks right at first, but after checking the units:\nAnswer: D", "D"),
+    ("\\boxed{\\text{B}}", "B"),
+    ("I first thought the answer is A, but actually the answer is B.", "B"),  # the last statement wins
+    ("The answer is a tricky one, so the final answer is **D**", "D"),  # "is a tricky" is no letter
+    ("<think>A or C?</think><answer>B</answer>", "B"),
+    ("<answer>(A) 12</answer>", "A"),
+    ("the value is \\boxed{42}", "B"),  # the text of one choice
+    ("I don't know.", None),
+    ("The answer is E.", None),  # not a choice of this question
+    ("\\boxed{B} wait, no: \\boxed{C}", "C"),
+    ("after all that, answer: a", "A"),
+    ("**Answer:** C", "C"),
+    ("\\boxed{A, C}", None),  # two letters in the final word: no answer, no fallback
+    ("\\boxed{E}", None),
+    ("the answer is a prime number", None),
+    ("$\\boxed{\\textbf{(D)}}$", "D"),
+]
+
+
+def test_letter_extraction_on_adversarial_answers():
+    from igrpo_megatron.eval import extract_choice
+
+    assert len(LETTER_CASES) >= 15
+    got = [extract_choice(text, 4, GPQA_CHOICES) for text, _ in LETTER_CASES]
+    assert got == [want for _, want in LETTER_CASES]
+    # MMLU-Pro has up to ten options: E is a letter there, and J is the last.
+    assert extract_choice("The answer is E.", 10) == "E" and extract_choice("Answer: (j)", 10) == "J"
+    assert extract_choice("Answer: (j)", 4) is None
+
+
+def test_majority_vote_and_its_tie_rule():
+    from igrpo_megatron.eval import majority_vote
+
+    assert majority_vote(["7", "5", "7", None], [False, True, False, False]) is False  # 7 wins 2-1
+    assert majority_vote([None, "5", "7", "7", "5"], [False, True, False, False, True]) is True  # tie: 5 came first
+    assert majority_vote([None, "7", "5", "5", "7"], [False, False, True, True, False]) is False  # tie: 7 came first
+    assert majority_vote([None, None], [False, False]) is False  # nobody answered
+    s = summarize([[1, 0, 0], [0, 0, 0]], answers=[["5", "7", "7"], [None, "3", None]])
+    assert s["maj@3"] == 0.0 and s["avg@3"] == pytest.approx(1 / 6)
+    assert summarize([[1, 1, 0]], answers=[["5", "5", "7"]])["maj@3"] == 1.0
+
+
+def test_default_pass_k_and_request_chunks():
+    from igrpo_megatron.eval.runner import request_chunks
+    from igrpo_megatron.eval.scores import default_pass_ks
+
+    assert default_pass_ks(64) == [1, 2, 4, 8, 16, 32, 64]
+    assert default_pass_ks(6) == [1, 2, 4, 6] and default_pass_ks(1) == [1]
+    assert set(summarize([[1, 0, 0, 0, 1, 1]])) >= {"pass@1", "pass@2", "pass@4", "pass@6"}
+    # k=8 with samples 2, 3 and 6 saved, at most 3 per request: consecutive runs, none longer than 3.
+    assert request_chunks([0, 1, 4, 5, 7], 3) == [(0, 2), (4, 2), (7, 1)]
+    assert request_chunks(list(range(8)), 3) == [(0, 3), (3, 3), (6, 2)]
+    assert request_chunks([], 3) == []
+
+
+def test_multiple_choice_benchmarks_from_local_files(tmp_path):
+    gpqa_rows = [{"Question": f"Which is right {i}?", "Correct Answer": f"right {i}",
+                  "Incorrect Answer 1": f"wrong a{i}", "Incorrect Answer 2": f"wrong b{i}",
+                  "Incorrect Answer 3": f"wrong c{i}"} for i in range(12)]
+    gpqa = _jsonl(tmp_path / "gpqa.jsonl", gpqa_rows)
+    bench, problems = load_benchmark(f"gpqa_diamond={gpqa}")
+    assert bench.multiple_choice and len(problems) == 12
+    for p, row in zip(problems, gpqa_rows):
+        assert sorted(p.choices) == sorted(row[f] for f in ("Correct Answer", "Incorrect Answer 1",
+                                                             "Incorrect Answer 2", "Incorrect Answer 3"))
+        assert p.choices["ABCD".index(p.answer)] == row["Correct Answer"]
+        assert "A) " in p.text and "D) " in p.text and p.text.startswith(row["Question"])
+    assert len({p.answer for p in problems}) > 1  # shuffled: the correct answer is not always A
+    # Fixed: the order depends on the question only, not on the file's order or on the run.
+    again = load_benchmark(f"gpqa_diamond={_jsonl(tmp_path / 'rev.jsonl', gpqa_rows[::-1])}")[1][::-1]
+    assert [(p.choices, p.answer) for p in again] == [(p.choices, p.answer) for p in problems]
+
+    mmlu = _jsonl(tmp_path / "mmlu.jsonl", [{"question": "2+2?", "options": ["3", "4", "5", "6", "7"], "answer": "B"}])
+    (p,) = load_benchmark(f"mmlu_pro={mmlu}")[1]
+    assert (p.choices, p.answer) == (("3", "4", "5", "6", "7"), "B")  # MMLU-Pro keeps its order
+    assert "E) 7" in p.text
+
+    bad = _jsonl(tmp_path / "bad.jsonl", [{"question": "q", "options": ["1", "2"], "answer": "C"}])
+    with pytest.raises(ConfigError, match=r"mmlu_pro .* row 1: field 'answer' is 'C', expected one of the letters AB"):
+        load_benchmark(f"mmlu_pro={bad}")
+    missing = _jsonl(tmp_path / "missing.jsonl", [{k: v for k, v in gpqa_rows[0].items() if k != "Incorrect Answer 2"}])
+    with pytest.raises(ConfigError, match=r"row 1: no field 'Incorrect Answer 2'"):
+        load_benchmark(f"gpqa_diamond={missing}")
+
+
+def test_sample_store_resumes_repairs_a_cut_line_and_refuses_other_settings(tmp_path):
+    from igrpo_megatron.eval.samples import SampleStore
+
+    settings = {"model": "m", "max_tokens": 12, "samples": 2}
+    store = SampleStore(str(tmp_path), "math500", settings)
+    assert store.open() == {}
+    store.append([{"id": "math500:1", "sample": 0, "correct": True}, {"id": "math500:1", "sample": 1, "correct": False}])
+    with open(store.path, "a") as f:
+        f.write('{"id": "math500:2", "sa')  # a kill in the middle of a write
+    saved = SampleStore(str(tmp_path), "math500", dict(settings)).open()
+    assert sorted(saved) == [("math500:1", 0), ("math500:1", 1)]
+    assert open(store.path).read().endswith("}\n")  # the cut line is gone, appends stay aligned
+    with pytest.raises(ConfigError, match=r"other settings \(max_tokens: 12 -> 16\); set another eval.output_dir"):
+        SampleStore(str(tmp_path), "math500", {**settings, "max_tokens": 16}).open()
+    os.remove(store.settings_path)
+    with pytest.raises(ConfigError, match="no math500.settings.json beside it"):
+        SampleStore(str(tmp_path), "math500", settings).open()
+
+
+def test_results_markdown_sets_ours_beside_the_paper():
+    from igrpo_megatron.eval.report import PAPER_COLUMNS, paper_row, results_markdown
+
+    assert paper_row("deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", None) == "DeepSeek-R1-Distill-Qwen-7B/base"
+    assert paper_row("/ckpts/DeepSeek-R1-Distill-Qwen-14B/", None) is None  # Table 1 has no 14B base row
+    assert paper_row("runs/x/hf", "Nemotron-H-8B-Base-8K/iGRPO") == "Nemotron-H-8B-Base-8K/iGRPO"
+    summary = {"problems": 2, "samples": 4, "avg@4": 0.5, "maj@4": 0.5, "pass@1": 0.5, "pass@2": 0.75,
+               "pass@4": 1.0, "truncation_rate": 0.25, "mean_tokens": 100.0}
+    results = {"model": "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", "average": 0.5,
+               "protocol": {"temperature": 0.6, "top_p": 0.95, "max_tokens": 65000, "seed": 0},
+               "benchmarks": {"math500": summary, "aime24": {**summary, "avg@4": 0.25}},
+               "paper_row": "DeepSeek-R1-Distill-Qwen-7B/base"}
+    md = results_markdown(results)
+    assert "| math500 | 2 | 4 | 50.00 | 50.00 | 50.00 | 75.00 | 100.00 | 25.0 % | 100 |" in md
+    paper = md.split("## Against the paper")[1].splitlines()
+    assert paper[2] == "| | " + " | ".join(PAPER_COLUMNS) + " | Avg |"
+    assert paper[4] == "| paper base | 38.60 | 54.40 | 92.80 | 90.00 | 92.00 | 39.10 | 61.93 |"
+    assert paper[5] == "| ours | – | 25.00 | 50.00 | – | – | – | – |"
+    assert paper[6] == "| ours - paper | – | -29.40 | -42.80 | – | – | – | – |"
+    assert "Against the paper" not in results_markdown({**results, "paper_row": None})
+    with pytest.raises(ConfigError, match="eval.paper_row='Qwen/base' is not a Table 1 row"):
+        EvalConfig(paper_row="Qwen/base").validate()

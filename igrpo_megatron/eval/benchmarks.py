@@ -4,16 +4,26 @@
 8 for the rest. Any benchmark can be read from a local jsonl/json/parquet file instead of the hub
 (``eval.benchmarks=["math500=/data/math500.jsonl"]`` or a folder ``eval.data_dir`` holding
 ``<name>.jsonl``): the same field names apply, so a hub export works as is.
+
+GPQA-Diamond and MMLU-Pro (the paper's Fig. 2) are multiple choice: the model sees the question
+and lettered choices and is scored on the letter it gives (eval/choice.py). GPQA stores the
+correct answer and three distractors in fixed fields, so its convention is to shuffle them; the
+order here is a permutation seeded by the question's text, the same in every run and for every
+model. MMLU-Pro's options are already in order and keep it. The paper states no k for these two;
+8 is this project's choice, as for the other non-AIME benchmarks.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import random
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
 from igrpo_megatron.config import ConfigError
 from igrpo_megatron.data.examples import DataError
 from igrpo_megatron.data.loading import read_local_rows
+from igrpo_megatron.eval.choice import LETTERS
 from igrpo_megatron.registry import Registry
 
 
@@ -27,6 +37,18 @@ class Benchmark:
     samples: int  # k of avg@k in the paper
     subset: Optional[str] = None  # the hub dataset's config name
     answer_after: Optional[str] = None  # GSM8K: the gold number follows "####" in its solution
+    # Multiple choice. MMLU-Pro: a list field of options in order, answer_field the gold letter.
+    choices_field: Optional[str] = None
+    # GPQA: answer_field is the correct text, these fields the wrong ones; shuffled per question.
+    distractor_fields: tuple[str, ...] = ()
+
+    @property
+    def multiple_choice(self) -> bool:
+        return bool(self.choices_field or self.distractor_fields)
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return (self.problem_field, self.answer_field, *filter(None, [self.choices_field]), *self.distractor_fields)
 
 
 BENCHMARKS: Registry[Benchmark] = Registry("eval.benchmarks")
@@ -37,6 +59,9 @@ for _b in [
     Benchmark("amc23", "math-ai/amc23", "test", "question", "answer", 8),
     Benchmark("gsm8k", "openai/gsm8k", "test", "question", "answer", 8, subset="main", answer_after="####"),
     Benchmark("minerva_math", "math-ai/minervamath", "test", "question", "answer", 8),
+    Benchmark("gpqa_diamond", "Idavidrein/gpqa", "train", "Question", "Correct Answer", 8, subset="gpqa_diamond",
+              distractor_fields=("Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3")),
+    Benchmark("mmlu_pro", "TIGER-Lab/MMLU-Pro", "test", "question", "answer", 8, choices_field="options"),
 ]:
     BENCHMARKS.register(_b.name)(_b)
 
@@ -47,7 +72,16 @@ class Problem:
 
     id: str  # "<benchmark>:<row>", row 1-based in the source
     problem: str
-    answer: str
+    answer: str  # multiple choice: the gold letter
+    choices: tuple[str, ...] = ()  # multiple choice: the options in the order shown, A first
+
+    @property
+    def text(self) -> str:
+        """What the model is asked: the problem, and for multiple choice the lettered options."""
+        if not self.choices:
+            return self.problem
+        options = "\n".join(f"{letter}) {c}" for letter, c in zip(LETTERS, self.choices))
+        return f"{self.problem}\n\n{options}\n\nGive the letter of the correct choice as the final answer."
 
 
 def resolve(spec: str, data_dir: Optional[str] = None) -> tuple[Benchmark, Optional[str]]:
@@ -80,6 +114,36 @@ def _gold(value: Any, bench: Benchmark, where: str) -> str:
     return value.strip()
 
 
+def _text(row: dict, name: str, where: str) -> str:
+    value = row[name]
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{where}: field {name!r} is empty or not text")
+    return value.strip()
+
+
+def shuffled(question: str, correct: str, wrong: Iterable[str]) -> tuple[tuple[str, ...], str]:
+    """GPQA's choices in a fixed order drawn from the question's text; returns (choices, gold letter)."""
+    choices = [correct, *wrong]
+    random.Random(hashlib.sha256(question.encode()).digest()).shuffle(choices)
+    return tuple(choices), LETTERS[choices.index(correct)]
+
+
+def _choice_problem(row: dict, bench: Benchmark, pid: str, where: str) -> Problem:
+    question = _text(row, bench.problem_field, where)
+    if bench.distractor_fields:
+        wrong = [_text(row, f, where) for f in bench.distractor_fields]
+        choices, gold = shuffled(question, _text(row, bench.answer_field, where), wrong)
+        return Problem(pid, question, gold, choices)
+    options = row[bench.choices_field]
+    if not isinstance(options, list) or not 2 <= len(options) <= len(LETTERS):
+        raise ConfigError(f"{where}: field {bench.choices_field!r} must be a list of 2 to {len(LETTERS)} options")
+    gold = str(row[bench.answer_field]).strip().upper()
+    if gold not in LETTERS[:len(options)]:
+        raise ConfigError(f"{where}: field {bench.answer_field!r} is {row[bench.answer_field]!r}, expected one "
+                          f"of the letters {LETTERS[:len(options)]}")
+    return Problem(pid, question, gold, tuple(str(o) for o in options))
+
+
 def to_problems(rows: Iterable[dict], bench: Benchmark, source: str) -> list[Problem]:
     """Rows of a benchmark -> problems; a bad row is an error naming the source, row and field."""
     out = []
@@ -87,14 +151,16 @@ def to_problems(rows: Iterable[dict], bench: Benchmark, source: str) -> list[Pro
         where = f"{bench.name} ({source}) row {i}"
         if not isinstance(row, dict):
             raise DataError(f"{where}: not a JSON object of fields")
-        for f in (bench.problem_field, bench.answer_field):
+        for f in bench.fields:
             if row.get(f) is None:  # a jsonl row lacking a field others have reads as None
-                raise DataError(f"{where}: no field {f!r}; {bench.name} reads "
-                                f"{bench.problem_field!r} and {bench.answer_field!r}")
-        problem = row[bench.problem_field]
-        if not isinstance(problem, str) or not problem.strip():
-            raise DataError(f"{where}: field {bench.problem_field!r} is empty or not text")
-        out.append(Problem(f"{bench.name}:{i}", problem, _gold(row[bench.answer_field], bench, where)))
+                raise ConfigError(f"{where}: no field {f!r}; {bench.name} reads "
+                                  + ", ".join(repr(f) for f in bench.fields))
+        pid = f"{bench.name}:{i}"
+        if bench.multiple_choice:
+            out.append(_choice_problem(row, bench, pid, where))
+        else:
+            out.append(Problem(pid, _text(row, bench.problem_field, where),
+                               _gold(row[bench.answer_field], bench, where)))
     return out
 
 
