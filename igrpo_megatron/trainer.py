@@ -24,8 +24,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
-import signal
-import sys
 import time
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -40,6 +38,7 @@ from igrpo_megatron.algorithms.igrpo import (
     refinement_prompt_ids,
     select_best_drafts,
 )
+from igrpo_megatron import preemption
 from igrpo_megatron.algorithms.losses import policy_loss
 from igrpo_megatron.batch import TrainBatch
 from igrpo_megatron.config import Config, dump_yaml, validate
@@ -224,14 +223,11 @@ class Trainer:
         # The reference is the starting model (paper): hf_path, also after a resume.
         self.reference = Policy(cfg, self.hf_cfg, frozen=True) if cfg.loss.kl_beta > 0 else None
         self.step_idx = 0
+        self.resumed_step = 0  # 0: nothing to resume, nothing to save before the first step
         self.weight_version = 0
         self.logger: Optional[MetricsLogger] = None
         self._server = self.reward = self.loop = None
         self._resume()
-        if self.is_driver:
-            # torchrun SIGTERMs the survivors when a rank dies: exit through close() so the server
-            # (its own process group) and the reward workers do not outlive the job.
-            signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
         try:
             if self.is_driver:
                 self._start_driver()
@@ -296,7 +292,7 @@ class Trainer:
             return
         loaded = load_checkpoint(latest, self.policy.model_chunks, self.policy.optimizer, self.policy.scheduler,
                                  load_optimizer=self.cfg.train.load_optimizer)
-        self.step_idx = loaded.step
+        self.step_idx = self.resumed_step = loaded.step
         self.weight_version = int(loaded.extra_state["weight_version"])
         self.prompts.load_state_dict(loaded.extra_state["data"])
         if self.is_driver:
@@ -393,11 +389,26 @@ class Trainer:
         return record
 
     def fit(self) -> None:
-        """Steps until ``total_steps``; the last step is always checkpointed (when saving is on)."""
+        """Steps until ``total_steps``; the last step is always checkpointed (when saving is on).
+
+        Before each step every rank asks whether any rank got a stop signal (preemption.py);
+        then the last finished step is checkpointed, also with saving off (the requeued job
+        resumes from it), and :class:`~igrpo_megatron.preemption.StopForRequeue` ends the run.
+        """
         while self.step_idx < self.total_steps:
+            stop = preemption.all_ranks_stop()
+            if stop:
+                if not self._checkpointed():
+                    self.save()
+                raise preemption.StopForRequeue(self.step_idx, stop)
             self.step()
-        if self.cfg.train.save_every and self.step_idx % self.cfg.train.save_every != 0:
+        if self.cfg.train.save_every and not self._checkpointed():
             self.save()
+
+    def _checkpointed(self) -> bool:
+        """Whether the state after ``step_idx`` is on disk (as ``step()`` or ``_resume()`` left it)."""
+        every = self.cfg.train.save_every
+        return self.step_idx == self.resumed_step or bool(every and self.step_idx % every == 0)
 
 
 def _train_record(m: dict) -> dict:

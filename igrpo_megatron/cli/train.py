@@ -2,12 +2,16 @@
 
 ``--print-config`` prints the resolved YAML tree (file + overrides, defaults filled in,
 validated) and exits without touching torch.distributed: the way to check a run before sbatch.
+
+SIGUSR1 (Slurm's time-limit warning, forwarded by launch/common.sh) or SIGTERM makes the run stop
+after the step in flight, save, and exit with ``preemption.REQUEUE_EXIT_CODE`` (75).
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
+from igrpo_megatron import preemption
 from igrpo_megatron.config import ConfigError, dump_yaml, load_config
 
 
@@ -25,10 +29,14 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from igrpo_megatron.trainer import train
 
+        preemption.install_handlers()
         train(cfg)  # checks that need the world size or the model shape raise ConfigError here
     except ConfigError as e:
         print(f"igrpo-train: config error: {e}", file=sys.stderr)
         return 2
+    except preemption.StopForRequeue as e:
+        print(f"igrpo-train: {e}; exiting with {preemption.REQUEUE_EXIT_CODE} to be requeued", file=sys.stderr)
+        return preemption.REQUEUE_EXIT_CODE
     return 0
 
 
