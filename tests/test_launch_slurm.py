@@ -33,15 +33,21 @@ def slurm_conf(tmp_path_factory):
         subprocess.run(["bash", f"{SLURM}/stop.sh", state], timeout=60)
 
 
-def _sbatch(slurm_conf: str, work, env: dict, args: list[str], timeout: float = 240) -> tuple[str, str, str]:
-    """Submit launch/igrpo_7b.sh on one node; return (state, exit code, job output)."""
-    out = work / "job.out"
-    exports = ",".join(["ALL", *(f"{k}={v}" for k, v in env.items())])
-    env_all = {**os.environ, "SLURM_CONF": slurm_conf}
-    jid = subprocess.run(
-        ["sbatch", "--parsable", "--nodes=1", "-o", str(out), f"--export={exports}",
+def _submit(slurm_conf: str, work, env: dict, args: list[str], options: tuple[str, ...] = ()) -> str:
+    """Submit launch/igrpo_7b.sh on one node (``options`` are sbatch's, before the script); its job id."""
+    # The job's variables travel in sbatch's own environment (--export=ALL): a value with a comma
+    # (CONTAINER_MOUNTS) would be split by --export=NAME=value.
+    return subprocess.run(
+        ["sbatch", "--parsable", "--nodes=1", "-o", str(work / "job.out"), "--export=ALL", *options,
          os.path.join(REPO, "launch", "igrpo_7b.sh"), *args],
-        cwd=REPO, env=env_all, capture_output=True, text=True, check=True).stdout.strip()
+        cwd=REPO, env={**os.environ, "SLURM_CONF": slurm_conf, **env}, capture_output=True, text=True,
+        check=True).stdout.strip()
+
+
+def _wait(slurm_conf: str, work, jid: str, timeout: float) -> tuple[dict, str]:
+    """Wait until job ``jid`` has left the queue (a requeued job stays in it); its fields and output."""
+    env_all = {**os.environ, "SLURM_CONF": slurm_conf}
+    out = work / "job.out"
     deadline = time.time() + timeout
     while subprocess.run(["squeue", "-h", "-j", jid], env=env_all, capture_output=True, text=True).stdout.strip():
         if time.time() > deadline:
@@ -49,8 +55,13 @@ def _sbatch(slurm_conf: str, work, env: dict, args: list[str], timeout: float = 
             raise AssertionError(f"job {jid} still running after {timeout}s:\n{out.read_text()}")
         time.sleep(0.3)
     info = subprocess.run(["scontrol", "show", "job", jid], env=env_all, capture_output=True, text=True).stdout
-    fields = dict(kv.split("=", 1) for kv in info.split() if "=" in kv)
-    return fields["JobState"], fields["ExitCode"], out.read_text()
+    return dict(kv.split("=", 1) for kv in info.split() if "=" in kv), out.read_text()
+
+
+def _sbatch(slurm_conf: str, work, env: dict, args: list[str], timeout: float = 240) -> tuple[str, str, str]:
+    """Submit launch/igrpo_7b.sh on one node; return (state, exit code, job output)."""
+    fields, log = _wait(slurm_conf, work, _submit(slurm_conf, work, env, args), timeout)
+    return fields["JobState"], fields["ExitCode"], log
 
 
 def _job_env(work, **extra) -> dict:
@@ -156,3 +167,127 @@ def test_sbatch_runs_the_real_trainer_for_one_step_against_the_servers_it_starte
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("0.0.0.0", 18285))
+
+
+def _in_order(log: str, events: list[str]) -> list[int]:
+    """Positions of ``events`` in ``log``, each searched after the previous one; fails naming the
+    first event missing from where it should be."""
+    pos, out = 0, []
+    for e in events:
+        i = log.find(e, pos)
+        assert i >= 0, f"{e!r} not found after position {pos} of the job output:\n{log}"
+        out.append(i)
+        pos = i + len(e)
+    return out
+
+
+def test_a_real_time_limit_warns_checkpoints_requeues_and_stops_at_the_requeue_limit(slurm_conf, tmp_path):
+    """``--time=1 --signal=B:USR1@10``: Slurm's own warning, not one sent by hand. The ranks
+    (stand-ins around the real stop interface, under the real torchrun wrapper) never finish on
+    their own; MAX_REQUEUES=2 lets the job run three times and then stop asking. Slurm checks
+    limits every ~30 s, so a warning can even come before the trainer has started: that run
+    requeues without a checkpoint, and the next one resumes from the last checkpoint there is."""
+    env = _job_env(tmp_path, SERVERS_PER_NODE="1", MAX_REQUEUES="2", PROBE_STEP_S="0.5", WARN_RESEND_S="5",
+                   TRAIN_ENTRY="tests/slurm/probe_preempt.py --steps 100000")
+    jid = _submit(slurm_conf, tmp_path, env, ["rollout.port=18300"], ("--time=1", "--signal=B:USR1@10"))
+    fields, log = _wait(slurm_conf, tmp_path, jid, timeout=400)
+    # Exit 75 (stopped at a checkpoint) once the limit is reached; not TIMEOUT: no run hit its limit.
+    assert (fields["JobState"], fields["ExitCode"], fields["Restarts"]) == ("FAILED", "75:0", "2"), log
+    runs = log.split(f"] job {jid} (restart ")[1:]
+    assert [r[0] for r in runs] == ["0", "1", "2"], log
+    resumed, checkpoints = 0, []
+    for i, run in enumerate(runs):
+        # A requeue stops the servers first; the last run stops them on its way out.
+        end = (["servers stopped", f"requeueing job {jid} (restart {i + 1} of at most 2)"] if i < 2 else
+               ["not requeueing: the job already restarted 2 times (MAX_REQUEUES=2)", "servers stopped"])
+        if "before the trainer started" in run:
+            _in_order(run, ["SIGUSR1 (time-limit warning) before the trainer started", *end])
+            continue
+        k = int(run.split("PROBE checkpoint step ")[1].split()[0])
+        _in_order(run, [f"PROBE rank 0 restart {i} resumes at step {resumed}",
+                        "SIGUSR1 (time-limit warning): the trainer checkpoints after its current step and stops",
+                        f"PROBE rank 0 stops after step {k} (own signal: SIGUSR1",
+                        f"PROBE checkpoint step {k}", "trainer exited with status 75", *end])
+        assert k > resumed, run
+        resumed = k
+        checkpoints.append((i, k))
+    assert checkpoints, f"every run was warned before its trainer started:\n{log}"
+    # Every step exactly once, each written by the run that trained it.
+    records = [json.loads(line) for line in (tmp_path / "probe" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, resumed + 1))
+    bounds = [0] + [k for _, k in checkpoints]
+    assert [r["restart"] for r in records] == [i for (i, k), lo in zip(checkpoints, bounds) for _ in range(k - lo)]
+
+
+def test_usr1_to_the_batch_script_requeues_the_real_trainer_which_resumes_without_losing_a_step(
+        slurm_conf, tmp_path, tiny_qwen2):
+    """No stand-ins: igrpo-serve (vLLM) and igrpo-train (Megatron TP=2 on 2 ranks). The batch
+    script gets SIGUSR1 by hand (``scancel --signal=USR1 --batch``) after step 1 is logged; the
+    trainer checkpoints, the job requeues itself, restarts with SLURM_RESTART_COUNT=1 and resumes."""
+    pytest.importorskip("vllm")
+    import yaml
+
+    from igrpo_megatron.metrics import read_metrics
+    from trainer_fixtures import tiny_run_config
+
+    run = tmp_path / "run"
+    cfg = tiny_run_config(
+        tiny_qwen2, str(run), port=18305, data={"synthetic_size": 32},
+        rollout={"max_tokens": 8, "startup_timeout_s": 600, "refit_transport": "disk",
+                 "refit_dir": str(tmp_path / "refit")},
+        train={"prompts_per_step": 2, "max_steps": 4, "save_every": 100})
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    env = {"CONFIG": str(tmp_path / "run.yaml"), "ROLLOUT_NODES": "0", "GPUS_PER_NODE": "2",
+           "SERVERS_PER_NODE": "1", "RDZV_PORT": "18306", "LOG_ROOT": str(tmp_path / "logs"), "OMP_NUM_THREADS": "1"}
+    jid = _submit(slurm_conf, tmp_path, env, [])
+    slurm_env = {**os.environ, "SLURM_CONF": slurm_conf}
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 900
+    while not (metrics.exists() and metrics.read_text().strip()):
+        assert time.time() < deadline and subprocess.run(["squeue", "-h", "-j", jid], env=slurm_env,
+                                                         capture_output=True, text=True).stdout.strip(), \
+            (tmp_path / "job.out").read_text()
+        time.sleep(1)
+    subprocess.run(["scancel", "--signal=USR1", "--batch", jid], env=slurm_env, check=True)
+    fields, log = _wait(slurm_conf, tmp_path, jid, timeout=1200)
+    log += "".join(f"\n== {f}\n" + f.read_text()[-3000:] for f in (tmp_path / "logs").rglob("*.log"))
+    assert (fields["JobState"], fields["ExitCode"], fields["Restarts"]) == ("COMPLETED", "0:0", "1"), log
+    k = int(log.split("igrpo-train: stopped on SIGUSR1 after step ")[1].split(";")[0])
+    assert 1 <= k < 4, log
+    _in_order(log, [f"job {jid} (restart 0)", "SIGUSR1 (time-limit warning)", "trainer exited with status 75",
+                    f"requeueing job {jid} (restart 1 of at most 10)", f"job {jid} (restart 1)",
+                    f"iter_{k:07d} at step {k}", "trainer exited with status 0"])
+    # Every step exactly once in the one metrics file, and the weights of each reached the server.
+    lines = metrics.read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3, 4], log
+    assert all(r["weight_version"] == r["server_weight_version"] == r["step"] for r in read_metrics(str(run)))
+    # The checkpoint written on the signal and the final one; save_every=100 wrote no other.
+    assert sorted(p.name for p in (run / "checkpoints").glob("iter_*")) == [f"iter_{k:07d}", "iter_0000004"]
+
+
+def test_container_image_puts_every_srun_step_in_it_through_pyxis(slurm_conf, tmp_path):
+    """pyxis cannot be installed here, so IGRPO_SRUN is a stand-in that records each step's srun
+    command line and runs it without the --container-* options (tests/slurm/srun_pyxis_standin.sh).
+    Bare metal (no CONTAINER_IMAGE) is the negative control: no container option at all."""
+    image, mounts = "nvcr.io#nvidia/pytorch:25.09-py3", "/lustre/models:/models,/lustre/hf:/root/.cache/huggingface"
+    standin = os.path.join(SLURM, "srun_pyxis_standin.sh")
+    for case, extra in (("container", {"CONTAINER_IMAGE": image, "CONTAINER_MOUNTS": mounts}), ("bare", {})):
+        work = tmp_path / case
+        work.mkdir()
+        env = _job_env(work, IGRPO_SRUN=standin, SRUN_LOG=str(work / "srun.log"), **extra)
+        state, code, log = _sbatch(slurm_conf, work, env, ["rollout.port=18310", "train.max_steps=1"])
+        assert (state, code) == ("COMPLETED", "0:0"), log
+        assert len(list((work / "probe").glob("train_rank*.json"))) == 2, log
+        lines = (work / "srun.log").read_text().splitlines()
+        names = [next(a.split("=", 1)[1] for a in line.split() if a.startswith("--job-name=")) for line in lines]
+        flags = [f"--container-image={image}", f"--container-mounts={REPO}:{REPO},{mounts}",
+                 f"--container-workdir={REPO}"]
+        if case == "container":
+            # The config check runs in the image too; then the server step and the trainer step.
+            assert names == ["igrpo-config", "igrpo-serve", "igrpo-train"], lines
+            assert all(line.split()[:3] == flags for line in lines), lines
+        else:
+            assert names == ["igrpo-serve", "igrpo-train"], lines
+            assert not any("--container" in line for line in lines), lines
+        # Slurm's own --container (host fallback without oci.conf) is never used.
+        assert not any(a.startswith("--container=") or a == "--container" for line in lines for a in line.split())
