@@ -136,6 +136,7 @@ class DataConfig:
     answer_field: Optional[str] = None
     answer_from_boxed: Optional[bool] = None  # MATH: the gold answer is the last \\boxed{} of the solution
     skip_malformed: bool = False  # False: a malformed row is an error naming file, row and field
+    max_examples: Optional[int] = None  # keep a random sample of this many rows (seeded by data.seed, file order kept); None: all
     shuffle: bool = True
     seed: int = 1234
     synthetic_size: int = 2000
@@ -445,6 +446,7 @@ def validate(cfg: Config, world_size: Optional[int] = None, *, training: bool = 
         _require(cfg.model.dtype == "bf16", "model.fp8 needs model.dtype=bf16 (FP8 keeps bf16 master compute)")
     _require(cfg.reward.kind != "judge" or bool(cfg.reward.judge_url),
              "reward.kind=judge needs reward.judge_url (an OpenAI-compatible endpoint)")
+    _require(cfg.data.max_examples is None or cfg.data.max_examples >= 1, "data.max_examples must be >= 1 or null (all rows)")
     _require(not training or cfg.data.preset is not None or cfg.data.source is not None,
              "data: set data.preset (math, acereason, synthetic) or data.source (hub name or local file)")
     if world_size is not None:
