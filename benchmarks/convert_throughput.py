@@ -15,7 +15,7 @@ import shutil
 import tempfile
 import time
 
-from igrpo_megatron.tiny import make_model
+from igrpo_megatron.demo.tiny import make_model
 from igrpo_megatron.weights.convert import checkpoint_to_hf, hf_to_checkpoint
 
 

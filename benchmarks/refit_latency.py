@@ -96,7 +96,7 @@ def main() -> None:
     from igrpo_megatron.config import RolloutConfig
     from igrpo_megatron.rollout import Refitter, launch_server
     from igrpo_megatron.rollout.server import free_port
-    from igrpo_megatron.tiny import make_model
+    from igrpo_megatron.demo.tiny import make_model
     from igrpo_megatron.weights import bucketize
 
     work = args.workdir or tempfile.mkdtemp(prefix="refit_bench_", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)

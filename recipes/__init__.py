@@ -25,13 +25,13 @@ _MODULE_OF = {r.name: m.__name__ for m in _MODULES for r in m.RECIPES}
 
 def check_model_supported(recipe: Recipe) -> None:
     """Raise ConfigError when the project cannot build the recipe's model yet."""
-    from igrpo_megatron.models.provider import SUPPORTED_MODEL_TYPES
+    from igrpo_megatron.weights.arch import registered_model_types
 
-    if recipe.model.model_type not in SUPPORTED_MODEL_TYPES:
+    if recipe.model.model_type not in registered_model_types():
         raise ConfigError(
             f"recipe {recipe.name}: {recipe.model.hf_path} has model_type {recipe.model.model_type!r}, "
             f"which this project cannot train ({recipe.model.note or 'no Megatron provider'}); "
-            f"implemented model types: {', '.join(SUPPORTED_MODEL_TYPES)}")
+            f"implemented model types: {', '.join(registered_model_types())}")
 
 
 def _as_overrides(settings: dict) -> list[str]:

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from igrpo_megatron.cli.convert import main
-from igrpo_megatron.tiny import make_model
+from igrpo_megatron.demo.tiny import make_model
 from torchrun_util import REPO, checks, run_torchrun
 
 CKPT_WORKER = os.path.join(os.path.dirname(__file__), "dist", "weights_ckpt.py")

@@ -140,7 +140,7 @@ def test_synthetic_is_deterministic_and_correct():
 
 
 def test_format_prompt_uses_the_chat_template(tmp_path):
-    from igrpo_megatron.tiny import make_tokenizer
+    from igrpo_megatron.demo.tiny import make_tokenizer
 
     tok = make_tokenizer(str(tmp_path / "tok"))
     messages = [{"role": "system", "content": "Think, then answer."}, {"role": "user", "content": "What is 1 + 2?"}]

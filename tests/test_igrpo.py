@@ -132,7 +132,7 @@ def test_refinement_prompt_ids_splices_the_sampled_draft_tokens():
 
 
 def test_refinement_prompt_ids_with_a_real_chat_tokenizer(tmp_path):
-    from igrpo_megatron.tiny import make_tokenizer
+    from igrpo_megatron.demo.tiny import make_tokenizer
 
     tok = make_tokenizer(str(tmp_path))
 

@@ -18,7 +18,7 @@ LR = 1e-4  # the worker's learning rate: a step moves every parameter by about t
 
 @pytest.fixture(scope="module")
 def odd_vocab_qwen2(tmp_path_factory):
-    from igrpo_megatron.tiny import make_model
+    from igrpo_megatron.demo.tiny import make_model
 
     return make_model(str(tmp_path_factory.mktemp("odd_vocab_qwen2")), arch="qwen2", vocab_size=331)
 

@@ -74,7 +74,7 @@ def test_layout_errors_name_the_field(tiny_qwen2):
 
 @pytest.fixture(scope="module")
 def tied_llama(tmp_path_factory):
-    from igrpo_megatron.tiny import make_model
+    from igrpo_megatron.demo.tiny import make_model
 
     return make_model(str(tmp_path_factory.mktemp("tied_llama")), arch="llama", tie_word_embeddings=True,
                       vocab_size=321, with_tokenizer=False)

@@ -7,8 +7,8 @@ import torch
 from igrpo_megatron.weights.export import bucketize
 from igrpo_megatron.weights.hf_io import HFSafetensors, copy_non_weight_files, save_safetensors_shards
 from igrpo_megatron.weights.mapping import (
-    COLUMN, COLUMN_PER_HALF, REPLICATED, ROW, AttentionDims, Layout, WeightMap, WeightMappingError, shard,
-    to_hf, to_megatron, unshard)
+    COLUMN, COLUMN_PER_HALF, REPLICATED, ROW, AttentionDims, Layout, Rule, TPSplit, WeightMap, WeightMappingError,
+    shard, to_hf, to_megatron, unshard)
 
 
 def _cfg(**kw):
@@ -153,3 +153,29 @@ def test_sliced_import_equals_shard_of_full_tensor(tmp_path, tp):
                 got = wmap.to_megatron_shard(name, src, want.shape[0], tp, rank)
                 assert torch.equal(got, want), (name, rank)
         assert src.used == set(hf)
+
+
+def test_unequal_blocks_are_split_separately():
+    """A fused tensor of unequal blocks (Mamba's in_proj = [z, x, B, C, dt]) gives each rank its
+    piece of every block, like linear_fc1's halves."""
+    split = TPSplit(0, sizes=(4, 4, 2))
+    full = torch.arange(10.)
+    pieces = [shard(full, split, 2, r) for r in range(2)]
+    assert [p.tolist() for p in pieces] == [[0, 1, 4, 5, 8], [2, 3, 6, 7, 9]]
+    assert torch.equal(unshard(pieces, split), full)
+    assert TPSplit(0, parts=2).blocks(8) == [4, 4] and split.blocks(10) == [4, 4, 2]
+
+
+@pytest.mark.parametrize("split", [TPSplit(0, sizes=(8, 8, 4, 4, 2)), COLUMN_PER_HALF])
+def test_sliced_import_of_one_fused_hf_tensor(tmp_path, split):
+    """One HF tensor holding several blocks is read block by block, equal to the shard of the full tensor."""
+    fused = torch.randn(26 if split.sizes else 8, 3, generator=torch.Generator().manual_seed(1))
+    save_safetensors_shards([("backbone.layers.0.mixer.in_proj.weight", fused)], str(tmp_path))
+    name = "decoder.layers.0.mixer.in_proj.weight"
+    base = WeightMap(_cfg()).table
+    wmap = WeightMap(_cfg(), table={**base, "decoder.layers.{}.mixer.in_proj.weight": Rule(
+        ("backbone.layers.{}.mixer.in_proj.weight",), Layout.COPY, split)})
+    with HFSafetensors(str(tmp_path)) as src:
+        for rank in range(2):
+            want = shard(fused, split, 2, rank)
+            assert torch.equal(wmap.to_megatron_shard(name, src, want.shape[0], 2, rank), want)

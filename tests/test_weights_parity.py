@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from igrpo_megatron.tiny import make_model
+from igrpo_megatron.demo.tiny import make_model
 from torchrun_util import checks, run_torchrun
 
 WORKER = os.path.join(os.path.dirname(__file__), "dist", "weights_parity.py")

@@ -18,7 +18,7 @@ from igrpo_megatron.algorithms.igrpo import build_prompt_messages
 from igrpo_megatron.config import Config, ConfigError, EvalConfig, RewardConfig
 from igrpo_megatron.data.chat import format_prompt
 from igrpo_megatron.eval.benchmarks import Problem, load_benchmark
-from igrpo_megatron.eval.metrics import summarize
+from igrpo_megatron.eval.scores import summarize
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Megatron-Core models: CPU support, parallel layout, the GPT provider, logprobs and the policy.
+"""Megatron-Core models: CPU support, parallel layout, the model provider, logprobs and the policy.
 
 Importing this package does not import megatron-core; the functions do, when called.
 """
@@ -8,7 +8,8 @@ from igrpo_megatron.models.parallel import (ParallelInfo, current_device, destro
                                             parallel_info)
 from igrpo_megatron.models.policy import Policy, global_denominators
 from igrpo_megatron.models.provider import (HFModelConfig, build_model, load_hf_config, padded_vocab_size,
-                                            transformer_config_from_hf, unwrap, use_transformer_engine)
+                                            transformer_config_from_hf, use_transformer_engine)
+from igrpo_megatron.weights.mapping import unwrap
 
 __all__ = [
     "HFModelConfig", "ParallelInfo", "Policy", "build_model", "compute_logprobs", "current_device", "destroy_parallel",

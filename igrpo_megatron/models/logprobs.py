@@ -175,7 +175,7 @@ def compute_logprobs(
     from megatron.core import parallel_state as ps
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
-    from igrpo_megatron.models.provider import unwrap
+    from igrpo_megatron.weights.mapping import unwrap
 
     vocab_size = getattr(unwrap(model_chunks[0]), "hf_vocab_size", None)
     micro = _split(tokens, micro_batch_size)

@@ -28,18 +28,6 @@ from igrpo_megatron.weights.load import load_hf_weights, unused_hf_tensors
 from igrpo_megatron.weights.mapping import WeightMap, WeightMappingError
 
 HF_SUBDIR = "hf"
-_DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-_HF_DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-_SAFETENSORS_DTYPES = {"F32": "fp32", "BF16": "bf16", "F16": "fp16"}
-
-
-def _hf_config(hf_dir: str):
-    """config.json of a supported architecture; anything else fails here, before any work."""
-    from igrpo_megatron.models.provider import load_hf_config
-
-    hf_cfg = load_hf_config(hf_dir)
-    WeightMap(hf_cfg)
-    return hf_cfg
 
 
 def _single_process_model(hf_cfg, hf_dir: str, dtype: str):
@@ -52,12 +40,20 @@ def _single_process_model(hf_cfg, hf_dir: str, dtype: str):
     return build_model(hf_cfg, ModelConfig(hf_path=hf_dir, dtype=dtype, transformer_impl="local"), par)
 
 
-def _hf_weights_dtype(hf_dir: str) -> str:
+def _dtype_name(dtype: torch.dtype, what: str) -> str:
+    """The ``model.dtype`` name of a torch dtype (the provider's table, read backwards)."""
+    from igrpo_megatron.models.provider import DTYPES
+
+    names = {v: k for k, v in DTYPES.items()}
+    if dtype not in names:
+        raise ConfigError(f"{what} of dtype {dtype} are not supported; give --dtype {'|'.join(DTYPES)}")
+    return names[dtype]
+
+
+def _hf_weights_dtype(hf_dir: str, hf_cfg) -> str:
     with HFSafetensors(hf_dir) as src:
-        kind = src.dtype("model.embed_tokens.weight")
-    if kind not in _SAFETENSORS_DTYPES:
-        raise ConfigError(f"{hf_dir}: weights of dtype {kind} are not supported; give --dtype fp32|bf16|fp16")
-    return _SAFETENSORS_DTYPES[kind]
+        dtype = src.dtype(WeightMap(hf_cfg).embedding_hf)
+    return _dtype_name(dtype, f"{hf_dir}: weights")
 
 
 def hf_to_checkpoint(hf_dir: str, out_dir: str, dtype: Optional[str] = None, progress=None,
@@ -70,11 +66,11 @@ def hf_to_checkpoint(hf_dir: str, out_dir: str, dtype: Optional[str] = None, pro
     """
     from igrpo_megatron.checkpoint import save_checkpoint
     from igrpo_megatron.models.parallel import destroy_parallel
-    from igrpo_megatron.models.provider import check_layout
+    from igrpo_megatron.models.provider import check_layout, load_hf_config
 
-    hf_cfg = _hf_config(hf_dir)
+    hf_cfg = load_hf_config(hf_dir)  # an unregistered model_type fails here, before any work
     check_layout(hf_cfg, tp, pp)
-    dtype = dtype or _hf_weights_dtype(hf_dir)
+    dtype = dtype or _hf_weights_dtype(hf_dir, hf_cfg)
     model = _single_process_model(hf_cfg, hf_dir, dtype)
     try:
         used = load_hf_weights([model], hf_dir, hf_cfg, progress=progress)
@@ -118,7 +114,7 @@ def _checkpoint_dtype(ckpt_dir: str) -> str:
     if key not in meta:
         raise WeightMappingError(f"{ckpt_dir}: no embedding.word_embeddings.weight in the checkpoint; "
                                  f"it is not a GPT model checkpoint")
-    return _DTYPE_NAMES[meta[key].properties.dtype]
+    return _dtype_name(meta[key].properties.dtype, f"{ckpt_dir}: model weights")
 
 
 def checkpoint_to_hf(ckpt: str, out_dir: str, base_hf: Optional[str] = None, dtype: Optional[str] = None,
@@ -128,23 +124,23 @@ def checkpoint_to_hf(ckpt: str, out_dir: str, base_hf: Optional[str] = None, dty
     checkpoint's."""
     from igrpo_megatron.checkpoint import load_checkpoint, resolve_checkpoint
     from igrpo_megatron.models.parallel import destroy_parallel
+    from igrpo_megatron.models.provider import DTYPES, load_hf_config
     from igrpo_megatron.weights.export import iter_hf_weights
 
     ckpt_dir = resolve_checkpoint(ckpt)
     hf_dir = _base_hf_dir(ckpt_dir, base_hf)
     saved_dtype = _checkpoint_dtype(ckpt_dir)
     out_dtype = dtype or saved_dtype
-    hf_cfg = _hf_config(hf_dir)
+    hf_cfg = load_hf_config(hf_dir)
     model = _single_process_model(hf_cfg, hf_dir, saved_dtype)
     try:
         load_checkpoint(ckpt_dir, [model], load_optimizer=False, load_rng=False)
-        target = {v: k for k, v in _DTYPE_NAMES.items()}[out_dtype]
-        index = save_safetensors_shards(iter_hf_weights([model], hf_cfg, dtype=target), out_dir,
+        index = save_safetensors_shards(iter_hf_weights([model], hf_cfg, dtype=DTYPES[out_dtype]), out_dir,
                                         max_shard_bytes=max_shard_bytes, progress=progress)
     finally:
         destroy_parallel()
     copy_non_weight_files(hf_dir, out_dir)
-    _write_configs(hf_cfg.raw, out_dir, _HF_DTYPE_NAMES[out_dtype])
+    _write_configs(hf_cfg.raw, out_dir, str(DTYPES[out_dtype]).removeprefix("torch."))
     return index
 
 

@@ -73,9 +73,11 @@ class HFSafetensors:
         index[dim] = slice(start, stop)
         return sl[tuple(index)]
 
-    def dtype(self, name: str) -> str:
-        """The stored dtype of ``name`` as safetensors spells it (``F32``, ``BF16``, ...), without reading data."""
-        return self._slice(name).get_dtype()
+    def dtype(self, name: str) -> torch.dtype:
+        """The stored dtype of ``name``, from a one-element read (safetensors' own names, ``F32``,
+        ``BF16``, would need a table of their own)."""
+        sl = self._slice(name)
+        return sl[tuple(slice(0, 1) for _ in sl.get_shape())].dtype
 
     def close(self) -> None:
         self._handles.clear()

@@ -15,18 +15,15 @@ small pure function here:
    along dim 0, row-parallel ones along dim 1, norms are replicated. ``linear_fc1`` is cut *per
    half*: rank r holds ``[gate_r; up_r]``, not rows ``r/tp`` of ``[gate; up]`` (a naive dim-0 split
    of the fused tensor mixes gate and up rows and breaks SwiGLU). ``linear_qkv``'s contiguous dim-0
-   split is right because each rank owns whole query groups (``num_kv_heads % tp == 0``).
+   split is right because each rank owns whole query groups (``num_kv_heads % tp == 0``). Blocks
+   may also be unequal (``TPSplit(0, sizes=...)``, e.g. Mamba's fused ``in_proj = [z, x, B, C, dt]``).
    Export gathers the shards and applies :func:`unshard`; import never builds the full tensor: it
    reads each HF source's matching slice and applies the layout per rank
    (:meth:`WeightMap.to_megatron_shard`, checked equal to :func:`shard` of the full tensor).
 
-The table names Megatron parameters as a GPTModel at TP=1/PP=1 would, with a *global* layer
-index; pipeline stages translate their local layer numbers before looking up (see
-``igrpo_megatron.weights.export``). Both the local layer spec (separate ``input_layernorm`` /
-``pre_mlp_layernorm`` modules) and Transformer Engine's spec (norms fused into
-``linear_qkv.layer_norm_weight`` / ``linear_fc1.layer_norm_weight``) are covered by name.
-Biases appear in the table once; a rule applies only to the parameters a model actually has, so
-Qwen2 (q/k/v biases) and Llama (none, unless ``attention_bias``) share one table.
+Each family's table (``weight_table`` of its :class:`~igrpo_megatron.weights.arch.ArchSpec`)
+names Megatron parameters as the bare model at TP=1/PP=1 would, with a *global* layer index;
+pipeline stages translate their local layer numbers before looking up (:func:`global_parameters`).
 """
 from __future__ import annotations
 
@@ -49,12 +46,21 @@ class Layout(enum.Enum):
 class TPSplit:
     """How a Megatron full tensor is cut across tensor-parallel ranks.
 
-    ``dim=None`` means replicated. ``parts > 1`` means the tensor stacks ``parts`` equal blocks
-    along ``dim`` and every block is split separately (``linear_fc1 = [gate; up]``).
+    ``dim=None`` means replicated. Otherwise the tensor stacks blocks along ``dim`` and every block
+    is split separately: ``parts`` equal blocks (``linear_fc1 = [gate; up]``), or blocks of the
+    full-tensor ``sizes`` given when they differ (a Mamba ``in_proj = [z, x, B, C, dt]``).
     """
 
     dim: Optional[int]
     parts: int = 1
+    sizes: Optional[tuple[int, ...]] = None
+
+    def blocks(self, length: int) -> list[int]:
+        """Full-tensor sizes of the blocks along ``dim`` of a tensor ``length`` long there."""
+        if self.sizes is None:
+            return [length // self.parts] * self.parts
+        assert sum(self.sizes) == length, (self.sizes, length)
+        return list(self.sizes)
 
 
 REPLICATED = TPSplit(None)
@@ -72,37 +78,8 @@ class Rule:
     split: TPSplit
 
 
-_LAYER = "model.layers.{}."
-_ATTN_NORM = Rule((_LAYER + "input_layernorm.weight",), Layout.COPY, REPLICATED)
-_MLP_NORM = Rule((_LAYER + "post_attention_layernorm.weight",), Layout.COPY, REPLICATED)
-
-#: Qwen2 and Llama name their tensors identically and differ only in config (q/k/v biases,
-#: tied embeddings), which the model's parameter set already carries; so they share this table.
-DECODER_TABLE: Mapping[str, Rule] = {
-    "embedding.word_embeddings.weight": Rule(("model.embed_tokens.weight",), Layout.VOCAB, COLUMN),
-    "decoder.final_layernorm.weight": Rule(("model.norm.weight",), Layout.COPY, REPLICATED),
-    "output_layer.weight": Rule(("lm_head.weight",), Layout.VOCAB, COLUMN),
-    "decoder.layers.{}.input_layernorm.weight": _ATTN_NORM,
-    "decoder.layers.{}.self_attention.linear_qkv.layer_norm_weight": _ATTN_NORM,  # TE spec
-    "decoder.layers.{}.self_attention.linear_qkv.weight": Rule(
-        tuple(_LAYER + f"self_attn.{p}_proj.weight" for p in "qkv"), Layout.QKV, COLUMN),
-    "decoder.layers.{}.self_attention.linear_qkv.bias": Rule(
-        tuple(_LAYER + f"self_attn.{p}_proj.bias" for p in "qkv"), Layout.QKV, COLUMN),
-    "decoder.layers.{}.self_attention.linear_proj.weight": Rule(
-        (_LAYER + "self_attn.o_proj.weight",), Layout.COPY, ROW),
-    "decoder.layers.{}.pre_mlp_layernorm.weight": _MLP_NORM,
-    "decoder.layers.{}.mlp.linear_fc1.layer_norm_weight": _MLP_NORM,  # TE spec
-    "decoder.layers.{}.mlp.linear_fc1.weight": Rule(
-        (_LAYER + "mlp.gate_proj.weight", _LAYER + "mlp.up_proj.weight"), Layout.STACK, COLUMN_PER_HALF),
-    "decoder.layers.{}.mlp.linear_fc2.weight": Rule((_LAYER + "mlp.down_proj.weight",), Layout.COPY, ROW),
-}
-
-#: HF ``model_type`` -> table.
-ARCHITECTURES: Mapping[str, Mapping[str, Rule]] = {"qwen2": DECODER_TABLE, "llama": DECODER_TABLE}
-
-#: HF tensors that carry no weights of their own (recomputed buffers in old checkpoints).
-IGNORED_HF_SUFFIXES = ("rotary_emb.inv_freq",)
-
+#: The Megatron names every family's table has (a tied output layer is stored as the embedding).
+EMBEDDING, OUTPUT = "embedding.word_embeddings.weight", "output_layer.weight"
 _LAYER_INDEX = re.compile(r"^decoder\.layers\.(\d+)\.")
 
 
@@ -118,17 +95,18 @@ def shard(full: torch.Tensor, split: TPSplit, tp_size: int, tp_rank: int) -> tor
     the TP layout, inverse of :func:`unshard`."""
     if split.dim is None or tp_size == 1:
         return full
-    blocks = full.chunk(split.parts, dim=split.dim)
+    blocks = full.split(split.blocks(full.shape[split.dim]), dim=split.dim)
     pieces = [b.chunk(tp_size, dim=split.dim)[tp_rank] for b in blocks]
-    return pieces[0] if split.parts == 1 else torch.cat(pieces, dim=split.dim)
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=split.dim)
 
 
 def unshard(shards: Sequence[torch.Tensor], split: TPSplit) -> torch.Tensor:
     """The Megatron full tensor from all TP ranks' pieces, in rank order (inverse of :func:`shard`)."""
     if split.dim is None or len(shards) == 1:
         return shards[0]
-    per_rank = [s.chunk(split.parts, dim=split.dim) for s in shards]
-    return torch.cat([piece[p] for p in range(split.parts) for piece in per_rank], dim=split.dim)
+    local = [b // len(shards) for b in split.blocks(shards[0].shape[split.dim] * len(shards))]
+    per_rank = [s.split(local, dim=split.dim) for s in shards]
+    return torch.cat([piece[p] for p in range(len(local)) for piece in per_rank], dim=split.dim)
 
 
 # ------------------------------------------------------------------------------ layouts
@@ -192,22 +170,24 @@ def to_hf(layout: Layout, full: torch.Tensor, dims: AttentionDims, vocab_size: O
 
 
 class WeightMap:
-    """The mapping for one HF config: table lookup by global Megatron name plus the dims it needs.
+    """The mapping for one HF config: its family's table, looked up by global Megatron name, plus the dims it needs.
 
-    ``hf_cfg`` is :class:`igrpo_megatron.models.provider.HFModelConfig` (``load_hf_config``).
-    ``table`` overrides the architecture's table (tests use it for a deliberately wrong layout).
+    ``hf_cfg`` is :class:`igrpo_megatron.weights.arch.HFModelConfig` (``load_hf_config``).
+    ``table`` overrides the family's table (tests use it for a deliberately wrong layout).
     """
 
     def __init__(self, hf_cfg, table: Optional[Mapping[str, Rule]] = None):
-        if table is None:
-            if hf_cfg.model_type not in ARCHITECTURES:
-                raise WeightMappingError(
-                    f"no weight mapping for model_type {hf_cfg.model_type!r}; supported: {sorted(ARCHITECTURES)}")
-            table = ARCHITECTURES[hf_cfg.model_type]
-        self.table = table
+        from igrpo_megatron.weights.arch import arch_spec  # arch imports this module's Rule
+
+        spec = arch_spec(hf_cfg.model_type)
+        self.table = spec.weight_table(hf_cfg) if table is None else table
+        self.ignored_hf_suffixes = spec.ignored_hf_suffixes
         self.dims = AttentionDims(hf_cfg.num_attention_heads, hf_cfg.num_kv_heads, hf_cfg.head_dim)
         self.vocab_size = hf_cfg.vocab_size
         self.tied = hf_cfg.tie_word_embeddings
+        # HF stores tied embeddings once, under the embedding's name
+        self.embedding_hf = self.table[EMBEDDING].hf[0]
+        self.output_hf = self.table[OUTPUT].hf[0]
 
     def rule(self, name: str) -> tuple[Rule, tuple[str, ...]]:
         """The rule for a global Megatron parameter name and its concrete HF names."""
@@ -221,12 +201,12 @@ class WeightMap:
 
     def exported(self, name: str) -> bool:
         """False for the last stage's copy of a tied output layer (HF stores it once, as embed_tokens)."""
-        return not (self.tied and name == "output_layer.weight")
+        return not (self.tied and name == OUTPUT)
 
     def hf_sources(self, name: str) -> tuple[str, ...]:
         """HF tensors to read for ``name`` on import (a tied output layer reads embed_tokens)."""
-        if self.tied and name == "output_layer.weight":
-            return ("model.embed_tokens.weight",)
+        if self.tied and name == OUTPUT:
+            return (self.embedding_hf,)
         return self.rule(name)[1]
 
     def to_hf(self, name: str, full: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
@@ -254,8 +234,14 @@ class WeightMap:
         assert rule.layout is not Layout.STACK or split.parts == len(sources), (name, split)
         pieces = []
         for h in sources:
-            size = src.shape(h)[split.dim] // tp_size
-            pieces.append(src.get(h, split.dim, tp_rank * size, (tp_rank + 1) * size))
+            length = src.shape(h)[split.dim]
+            offset = 0  # a lone source may hold several blocks (a fused HF tensor): slice each
+            for block in (split.blocks(length) if len(sources) == 1 else [length]):
+                size = block // tp_size
+                pieces.append(src.get(h, split.dim, offset + tp_rank * size, offset + (tp_rank + 1) * size))
+                offset += block
+        if len(pieces) > len(sources):
+            pieces = [torch.cat(pieces, dim=split.dim)]
         local_dims = AttentionDims(self.dims.num_heads // tp_size, self.dims.num_kv_heads // tp_size, self.dims.head_dim)
         return to_megatron(rule.layout, pieces, local_dims)
 
@@ -264,17 +250,23 @@ class WeightMap:
 
     def optional_hf(self, hf_name: str) -> bool:
         """HF tensors an import may leave unread: recomputed buffers, a tied lm_head saved anyway."""
-        return hf_name.endswith(IGNORED_HF_SUFFIXES) or (self.tied and hf_name == "lm_head.weight")
+        return hf_name.endswith(self.ignored_hf_suffixes) or (self.tied and hf_name == self.output_hf)
 
+
+
+def unwrap(model):
+    """The bare Megatron model inside the DDP / Float16Module wrappers: the one whose parameter
+    names (no ``module.`` prefixes) the weight tables use."""
+    while hasattr(model, "module"):
+        model = model.module
+    return model
 
 
 def global_parameters(model_chunks) -> list[tuple[str, torch.nn.Parameter]]:
-    """This rank's parameters under their TP=1/PP=1 names: wrappers (DDP, Float16Module) removed
-    and each pipeline stage's local layer index replaced by the global one (``layer_number - 1``)."""
+    """This rank's parameters under their TP=1/PP=1 names: wrappers removed (:func:`unwrap`) and
+    each pipeline stage's local layer index replaced by the global one (``layer_number - 1``)."""
     out = []
-    for chunk in model_chunks:
-        while hasattr(chunk, "module"):
-            chunk = chunk.module
+    for chunk in map(unwrap, model_chunks):
         global_index = {j: layer.layer_number - 1 for j, layer in enumerate(chunk.decoder.layers)}
         for name, param in chunk.named_parameters():
             m = _LAYER_INDEX.match(name)

@@ -29,7 +29,8 @@ import sys
 import time
 
 RESULT_FILE = "demo_result.json"  # accuracy before/after RL, read by benchmarks/grpo_vs_igrpo.py
-DEMO_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo.yaml")
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEMO_CONFIG = os.path.join(_REPO, "configs", "demo.yaml")
 
 
 def solution_text(question: str, answer: str) -> str:
@@ -52,7 +53,7 @@ def build_model_and_tokenizer(model_dir: str) -> None:
     """
     from igrpo_megatron.algorithms.igrpo import build_prompt_messages, build_refinement_messages
     from igrpo_megatron.data.synthetic import synthetic_examples
-    from igrpo_megatron.tiny import make_model, make_tokenizer
+    from igrpo_megatron.demo.tiny import make_model, make_tokenizer
 
     corpus = []
     for e in synthetic_examples(400, seed=0, max_operand=99, ops="+-*"):
@@ -216,7 +217,3 @@ def main(argv: list[str] | None = None) -> int:
     env = {"PYTHONWARNINGS": "ignore::UserWarning", **os.environ, "OMP_NUM_THREADS": "1",
            "TOKENIZERS_PARALLELISM": "false"}
     return subprocess.call(cmd, env=env)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
