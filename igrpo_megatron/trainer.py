@@ -31,6 +31,7 @@ from typing import Optional, Sequence
 import torch
 import torch.distributed as dist
 
+from igrpo_megatron import preemption
 from igrpo_megatron.algorithms.advantages import compute_advantages
 from igrpo_megatron.algorithms.igrpo import (
     build_prompt_messages,
@@ -38,7 +39,6 @@ from igrpo_megatron.algorithms.igrpo import (
     refinement_prompt_ids,
     select_best_drafts,
 )
-from igrpo_megatron import preemption
 from igrpo_megatron.algorithms.losses import policy_loss
 from igrpo_megatron.batch import TrainBatch
 from igrpo_megatron.config import Config, dump_yaml, validate

@@ -135,24 +135,32 @@ def test_sbatch_rejects_a_bad_config_before_starting_anything(slurm_conf, tmp_pa
     assert not list((tmp_path / "probe").iterdir())
 
 
-def test_sbatch_runs_the_real_trainer_for_one_step_against_the_servers_it_started(slurm_conf, tmp_path, tiny_qwen2):
-    """No stand-ins: igrpo-serve (vLLM, CPU build) on the rollout side, igrpo-train on 2 ranks
-    (Megatron TP=2) under the job's torchrun; one step, whose refit must reach the server."""
+def _real_trainer_job(tmp_path, model_dir: str, port: int, rdzv_port: int, steps: int, prompts: int):
+    """(run folder, job environment) of the real trainer on the tiny model: 2 prompts per step,
+    one vLLM server beside 2 Megatron ranks (TP=2), checkpoints only at the end (save_every=100)."""
     pytest.importorskip("vllm")
     import yaml
 
-    from igrpo_megatron.metrics import read_metrics
     from trainer_fixtures import tiny_run_config
 
     run = tmp_path / "run"
     cfg = tiny_run_config(
-        tiny_qwen2, str(run), port=18285, data={"synthetic_size": 16},
+        model_dir, str(run), port=port, data={"synthetic_size": prompts},
         rollout={"max_tokens": 8, "startup_timeout_s": 600, "refit_transport": "disk",
                  "refit_dir": str(tmp_path / "refit")},
-        train={"prompts_per_step": 2, "max_steps": 1, "save_every": 100})
+        train={"prompts_per_step": 2, "max_steps": steps, "save_every": 100})
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
-    env = {"CONFIG": str(tmp_path / "run.yaml"), "ROLLOUT_NODES": "0", "GPUS_PER_NODE": "2",
-           "SERVERS_PER_NODE": "1", "RDZV_PORT": "18291", "LOG_ROOT": str(tmp_path / "logs"), "OMP_NUM_THREADS": "1"}
+    return run, {"CONFIG": str(tmp_path / "run.yaml"), "ROLLOUT_NODES": "0", "GPUS_PER_NODE": "2",
+                 "SERVERS_PER_NODE": "1", "RDZV_PORT": str(rdzv_port), "LOG_ROOT": str(tmp_path / "logs"),
+                 "OMP_NUM_THREADS": "1"}
+
+
+def test_sbatch_runs_the_real_trainer_for_one_step_against_the_servers_it_started(slurm_conf, tmp_path, tiny_qwen2):
+    """No stand-ins: igrpo-serve (vLLM, CPU build) on the rollout side, igrpo-train on 2 ranks
+    (Megatron TP=2) under the job's torchrun; one step, whose refit must reach the server."""
+    from igrpo_megatron.metrics import read_metrics
+
+    run, env = _real_trainer_job(tmp_path, tiny_qwen2, port=18285, rdzv_port=18291, steps=1, prompts=16)
     state, code, log = _sbatch(slurm_conf, tmp_path, env, [], timeout=900)
     log += "".join(f"\n== {f}\n" + f.read_text()[-3000:] for f in (tmp_path / "logs").rglob("*.log"))
     assert (state, code) == ("COMPLETED", "0:0"), log
@@ -224,21 +232,9 @@ def test_usr1_to_the_batch_script_requeues_the_real_trainer_which_resumes_withou
     """No stand-ins: igrpo-serve (vLLM) and igrpo-train (Megatron TP=2 on 2 ranks). The batch
     script gets SIGUSR1 by hand (``scancel --signal=USR1 --batch``) after step 1 is logged; the
     trainer checkpoints, the job requeues itself, restarts with SLURM_RESTART_COUNT=1 and resumes."""
-    pytest.importorskip("vllm")
-    import yaml
-
     from igrpo_megatron.metrics import read_metrics
-    from trainer_fixtures import tiny_run_config
 
-    run = tmp_path / "run"
-    cfg = tiny_run_config(
-        tiny_qwen2, str(run), port=18305, data={"synthetic_size": 32},
-        rollout={"max_tokens": 8, "startup_timeout_s": 600, "refit_transport": "disk",
-                 "refit_dir": str(tmp_path / "refit")},
-        train={"prompts_per_step": 2, "max_steps": 4, "save_every": 100})
-    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
-    env = {"CONFIG": str(tmp_path / "run.yaml"), "ROLLOUT_NODES": "0", "GPUS_PER_NODE": "2",
-           "SERVERS_PER_NODE": "1", "RDZV_PORT": "18306", "LOG_ROOT": str(tmp_path / "logs"), "OMP_NUM_THREADS": "1"}
+    run, env = _real_trainer_job(tmp_path, tiny_qwen2, port=18305, rdzv_port=18306, steps=4, prompts=32)
     jid = _submit(slurm_conf, tmp_path, env, [])
     slurm_env = {**os.environ, "SLURM_CONF": slurm_conf}
     metrics = run / "metrics.jsonl"
