@@ -13,8 +13,9 @@
 # with 75 (igrpo_megatron/preemption.py); the script then stops the servers and runs
 # `scontrol requeue`. The requeued job (SLURM_RESTART_COUNT=1, 2, ...) runs this script again and
 # the trainer resumes from that checkpoint, in the same run folder and metrics file. Ask for at
-# least one step plus one checkpoint save (Slurm signals up to ~60 s earlier than asked, never
-# later); a job that reaches its limit is killed and NOT requeued. SIGTERM (scancel, preemption)
+# least one step plus one checkpoint save, and no less than 30 s: Slurm checks limits about every
+# 30 s, so the warning comes up to ~30 s earlier than asked, and one asked for less can come too
+# late. A job that reaches its limit is killed and NOT requeued. SIGTERM (scancel, preemption)
 # also saves if the step in flight ends within 20 s.
 #
 # Knobs (environment variables; defaults are the paper's 7B layout, 2 nodes x 8 GPUs):
@@ -263,7 +264,9 @@ igrpo_run() {
   # One torchrun per training node; in the background so that a TERM from scancel reaches the trap.
   # The step ignores SIGUSR1 from its first instant (bash's ignored disposition survives exec):
   # a warning must not kill torchrun before it has started (see igrpo_megatron/cli/torchrun.py).
-  igrpo_srun --overlap --job-name=igrpo-train --nodes="${#TRAIN_HOSTS[@]}" --ntasks-per-node=1 --nodelist="$(IFS=,; echo "${TRAIN_HOSTS[*]}")" \
+  # --ntasks too: the job's own SLURM_NTASKS (one per node of the whole job) would override it.
+  igrpo_srun --overlap --job-name=igrpo-train --nodes="${#TRAIN_HOSTS[@]}" --ntasks="${#TRAIN_HOSTS[@]}" \
+    --ntasks-per-node=1 --nodelist="$(IFS=,; echo "${TRAIN_HOSTS[*]}")" \
     bash -c 'trap "" USR1; exec "$@"' igrpo-train "${cmd[@]}" &
   TRAIN_PID=$!
   igrpo_wait_trainer

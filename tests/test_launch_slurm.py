@@ -3,7 +3,9 @@
 tests/slurm/start.sh installs and starts the daemons (root only); the job runs the real
 launch/igrpo_7b.sh with its real srun steps and real torchrun (c10d rendezvous, gloo). The
 server and trainer payloads are swapped for stand-ins (tests/slurm/probe_*.py, through the
-scripts' SERVE_CMD / TRAIN_ENTRY knobs) that record what the launcher handed them.
+scripts' SERVE_CMD / TRAIN_ENTRY knobs) that record what the launcher handed them, or the real
+igrpo-serve and igrpo-train. ``start.sh STATE 2`` starts a two-node cluster, one network namespace
+per node (n1, n2), for the tests of the multi-node layout.
 """
 from __future__ import annotations
 
@@ -20,41 +22,58 @@ SLURM = os.path.join(REPO, "tests", "slurm")
 PY = os.path.join(REPO, ".venv", "bin", "python")
 
 
-@pytest.fixture(scope="module")
-def slurm_conf(tmp_path_factory):
+def _cluster(tmp_path_factory, *nodes: str):
+    """Start tests/slurm/start.sh (``nodes``: its node count, for the namespaced multi-node cluster);
+    yield (SLURM_CONF, client prefix); stop it afterwards."""
     state = str(tmp_path_factory.mktemp("slurm"))
-    proc = subprocess.run(["bash", f"{SLURM}/start.sh", state], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(["bash", f"{SLURM}/start.sh", state, *nodes], capture_output=True, text=True, timeout=600)
     try:
         if proc.returncode == 77:
-            pytest.skip("a local Slurm needs root (slurmd, munged)")
+            pytest.skip("a local Slurm needs root (slurmd, munged, network namespaces)")
         assert proc.returncode == 0, f"start.sh failed:\n{proc.stdout}{proc.stderr}"
-        yield proc.stdout.strip().splitlines()[-1]
+        client = open(os.path.join(state, "client")).read().split()
+        yield proc.stdout.strip().splitlines()[-1], tuple(client)
     finally:
         subprocess.run(["bash", f"{SLURM}/stop.sh", state], timeout=60)
 
 
-def _submit(slurm_conf: str, work, env: dict, args: list[str], options: tuple[str, ...] = ()) -> str:
-    """Submit launch/igrpo_7b.sh on one node (``options`` are sbatch's, before the script); its job id."""
+@pytest.fixture(scope="module")
+def slurm_conf(tmp_path_factory):
+    yield from (conf for conf, _ in _cluster(tmp_path_factory))
+
+
+@pytest.fixture(scope="module")
+def two_node_slurm(tmp_path_factory):
+    """Nodes n1 and n2 in network namespaces of their own: 127.0.0.1 on n2 does not reach n1."""
+    yield from _cluster(tmp_path_factory, "2")
+
+
+def _submit(slurm_conf: str, work, env: dict, args: list[str], options: tuple[str, ...] = (), nodes: int = 1,
+            client: tuple[str, ...] = ()) -> str:
+    """Submit launch/igrpo_7b.sh on ``nodes`` nodes (``options`` are sbatch's, before the script;
+    ``client`` prefixes the Slurm commands: the hub namespace of a multi-node cluster); its job id."""
     # The job's variables travel in sbatch's own environment (--export=ALL): a value with a comma
     # (CONTAINER_MOUNTS) would be split by --export=NAME=value.
     return subprocess.run(
-        ["sbatch", "--parsable", "--nodes=1", "-o", str(work / "job.out"), "--export=ALL", *options,
+        [*client, "sbatch", "--parsable", f"--nodes={nodes}", "-o", str(work / "job.out"), "--export=ALL", *options,
          os.path.join(REPO, "launch", "igrpo_7b.sh"), *args],
         cwd=REPO, env={**os.environ, "SLURM_CONF": slurm_conf, **env}, capture_output=True, text=True,
         check=True).stdout.strip()
 
 
-def _wait(slurm_conf: str, work, jid: str, timeout: float) -> tuple[dict, str]:
+def _wait(slurm_conf: str, work, jid: str, timeout: float, client: tuple[str, ...] = ()) -> tuple[dict, str]:
     """Wait until job ``jid`` has left the queue (a requeued job stays in it); its fields and output."""
     env_all = {**os.environ, "SLURM_CONF": slurm_conf}
     out = work / "job.out"
     deadline = time.time() + timeout
-    while subprocess.run(["squeue", "-h", "-j", jid], env=env_all, capture_output=True, text=True).stdout.strip():
+    while subprocess.run([*client, "squeue", "-h", "-j", jid], env=env_all, capture_output=True,
+                         text=True).stdout.strip():
         if time.time() > deadline:
-            subprocess.run(["scancel", jid], env=env_all)
+            subprocess.run([*client, "scancel", jid], env=env_all)
             raise AssertionError(f"job {jid} still running after {timeout}s:\n{out.read_text()}")
         time.sleep(0.3)
-    info = subprocess.run(["scontrol", "show", "job", jid], env=env_all, capture_output=True, text=True).stdout
+    info = subprocess.run([*client, "scontrol", "show", "job", jid], env=env_all, capture_output=True,
+                          text=True).stdout
     return dict(kv.split("=", 1) for kv in info.split() if "=" in kv), out.read_text()
 
 
@@ -190,14 +209,15 @@ def _in_order(log: str, events: list[str]) -> list[int]:
 
 
 def test_a_real_time_limit_warns_checkpoints_requeues_and_stops_at_the_requeue_limit(slurm_conf, tmp_path):
-    """``--time=1 --signal=B:USR1@10``: Slurm's own warning, not one sent by hand. The ranks
+    """``--time=1 --signal=B:USR1@30``: Slurm's own warning, not one sent by hand. The ranks
     (stand-ins around the real stop interface, under the real torchrun wrapper) never finish on
     their own; MAX_REQUEUES=2 lets the job run three times and then stop asking. Slurm checks
-    limits every ~30 s, so a warning can even come before the trainer has started: that run
-    requeues without a checkpoint, and the next one resumes from the last checkpoint there is."""
+    limits every ~30 s (a warning asked for less than that can come after the limit: seen with
+    @10), so with @30 it comes 30-60 s before the end, possibly before the trainer has started:
+    that run requeues without a checkpoint, and the next one resumes from the last one there is."""
     env = _job_env(tmp_path, SERVERS_PER_NODE="1", MAX_REQUEUES="2", PROBE_STEP_S="0.5", WARN_RESEND_S="5",
                    TRAIN_ENTRY="tests/slurm/probe_preempt.py --steps 100000")
-    jid = _submit(slurm_conf, tmp_path, env, ["rollout.port=18300"], ("--time=1", "--signal=B:USR1@10"))
+    jid = _submit(slurm_conf, tmp_path, env, ["rollout.port=18300"], ("--time=1", "--signal=B:USR1@30"))
     fields, log = _wait(slurm_conf, tmp_path, jid, timeout=400)
     # Exit 75 (stopped at a checkpoint) once the limit is reached; not TIMEOUT: no run hit its limit.
     assert (fields["JobState"], fields["ExitCode"], fields["Restarts"]) == ("FAILED", "75:0", "2"), log
@@ -212,8 +232,9 @@ def test_a_real_time_limit_warns_checkpoints_requeues_and_stops_at_the_requeue_l
             _in_order(run, ["SIGUSR1 (time-limit warning) before the trainer started", *end])
             continue
         k = int(run.split("PROBE checkpoint step ")[1].split()[0])
-        _in_order(run, [f"PROBE rank 0 restart {i} resumes at step {resumed}",
-                        "SIGUSR1 (time-limit warning): the trainer checkpoints after its current step and stops",
+        # The warning may come while the ranks start (it is resent until they stop).
+        assert f"PROBE rank 0 restart {i} resumes at step {resumed}" in run, run
+        _in_order(run, ["SIGUSR1 (time-limit warning): the trainer checkpoints after its current step and stops",
                         f"PROBE rank 0 stops after step {k} (own signal: SIGUSR1",
                         f"PROBE checkpoint step {k}", "trainer exited with status 75", *end])
         assert k > resumed, run
@@ -287,3 +308,50 @@ def test_container_image_puts_every_srun_step_in_it_through_pyxis(slurm_conf, tm
             assert not any("--container" in line for line in lines), lines
         # Slurm's own --container (host fallback without oci.conf) is never used.
         assert not any(a.startswith("--container=") or a == "--container" for line in lines for a in line.split())
+
+
+def test_the_two_node_cluster_refuses_127_0_0_1_across_nodes(two_node_slurm, tmp_path):
+    """The negative control that gives the next test its teeth: on this cluster a server on n1 is
+    reached from n2 by name, and a client that dials 127.0.0.1 instead is refused."""
+    conf, client = two_node_slurm
+    script = tmp_path / "probe.sh"
+    script.write_text(f"""#!/bin/bash
+srun -N1 -n1 -w n1 {PY} -m http.server 18330 --bind 0.0.0.0 --directory {tmp_path} &
+sleep 3
+srun -N1 -n1 -w n2 {PY} - <<'EOF'
+import urllib.request
+for url in ("http://n1:18330/probe.sh", "http://127.0.0.1:18330/probe.sh"):
+    try:
+        print(url, urllib.request.urlopen(url, timeout=5).status)
+    except OSError as e:
+        print(url, type(e).__name__)
+EOF
+kill %1
+""")
+    env = {**os.environ, "SLURM_CONF": conf}
+    jid = subprocess.run([*client, "sbatch", "--parsable", "-N2", "-o", str(tmp_path / "job.out"), str(script)],
+                         env=env, capture_output=True, text=True, check=True).stdout.strip()
+    _, log = _wait(conf, tmp_path, jid, timeout=120, client=client)
+    assert "http://n1:18330/probe.sh 200" in log, log
+    assert "http://127.0.0.1:18330/probe.sh URLError" in log, log
+
+
+def test_sbatch_7b_on_two_nodes_serves_on_n1_and_trains_on_n2(two_node_slurm, tmp_path, tiny_qwen2):
+    """launch/igrpo_7b.sh as written (2 nodes, ROLLOUT_NODES=1) with the tiny CPU model: vLLM on
+    n1 bound where n2 can reach it, the trainer on n2 dialing it by node name; one step."""
+    from igrpo_megatron.metrics import read_metrics
+
+    conf, client = two_node_slurm
+    run, env = _real_trainer_job(tmp_path, tiny_qwen2, port=18320, rdzv_port=18321, steps=1, prompts=16)
+    env["ROLLOUT_NODES"] = "1"
+    jid = _submit(conf, tmp_path, env, [], nodes=2, client=client)
+    fields, log = _wait(conf, tmp_path, jid, timeout=1200, client=client)
+    log += "".join(f"\n== {f}\n" + f.read_text()[-3000:] for f in (tmp_path / "logs").rglob("*.log"))
+    assert (fields["JobState"], fields["ExitCode"]) == ("COMPLETED", "0:0"), log
+    assert "rollout on n1 (1 server(s) each, TP 1), training on n2 (2 ranks each)" in log
+    assert "servers: http://n1:18320" in log and "--rdzv_endpoint=n2:18321" in log
+    assert list((tmp_path / "logs").rglob("serve_n1_0.log")), log
+    records = read_metrics(str(run))
+    assert [r["step"] for r in records] == [1], log
+    assert records[0]["weight_version"] == records[0]["server_weight_version"] == 1
+    assert (run / "checkpoints" / "iter_0000001").is_dir()
