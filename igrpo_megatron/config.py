@@ -234,6 +234,7 @@ class DataConfig(Section):
     answer_from_boxed: Optional[bool] = opt(
         None, "the gold answer is the last \\boxed{} of the answer column (MATH); null: the preset's")
     skip_malformed: bool = opt(False, "skip and count malformed rows; false: error naming file, row, field")
+    max_examples: Optional[int] = opt(None, "keep a seeded random sample of this many rows, file order kept; null: all")
     shuffle: bool = opt(True, "shuffle the prompt order every epoch")
     seed: int = opt(1234, "seed of the prompt order and of the synthetic task")
     synthetic_size: int = opt(2000, "synthetic: number of questions")
@@ -244,6 +245,9 @@ class DataConfig(Section):
     system_prompt: Optional[str] = opt(
         None, "stage-1 / GRPO system instruction; null: the paper's (folded into the user turn if no system role)")
     user_suffix: str = opt("", "appended to every question, e.g. ' Put the final answer in \\boxed{}.'")
+
+    def validate(self) -> None:
+        _require(self.max_examples is None or self.max_examples >= 1, "data.max_examples must be >= 1 or null (all rows)")
 
 
 @dataclass

@@ -24,6 +24,7 @@ from typing import Optional
 
 import torch.distributed as dist
 
+from igrpo_megatron import preemption
 from igrpo_megatron.algorithms.losses import policy_loss
 from igrpo_megatron.batch import TrainBatch, build_train_batch, shard_for_data_parallel
 from igrpo_megatron.checkpoint import Checkpointer
@@ -179,8 +180,18 @@ class Trainer:
         return record
 
     def fit(self) -> None:
-        """Steps until ``total_steps``; the last step is always checkpointed (when saving is on)."""
+        """Steps until ``total_steps``; the last step is always checkpointed (when saving is on).
+
+        Before each step every rank asks whether any rank got a stop signal (preemption.py);
+        then the last finished step is checkpointed, also with saving off (the requeued job
+        resumes from it), and :class:`~igrpo_megatron.preemption.StopForRequeue` ends the run.
+        """
         while self.step_idx < self.total_steps:
+            stop = preemption.all_ranks_stop()
+            if stop:
+                if self.step_idx and self.checkpointer.last_saved != self.step_idx:
+                    self.checkpointer.save(self.step_idx)
+                raise preemption.StopForRequeue(self.step_idx, stop)
             self.step()
 
 

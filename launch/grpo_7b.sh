@@ -8,6 +8,10 @@
 #SBATCH --exclusive
 #SBATCH --time=48:00:00
 #SBATCH --output=%x-%j.out
+# Time limit: SIGUSR1 15 min before it, then checkpoint and requeue (launch/common.sh).
+#SBATCH --signal=B:USR1@900
+#SBATCH --requeue
+#SBATCH --open-mode=append
 
 CONFIG=${CONFIG:-configs/r1d7b_math_grpo.yaml}
 source "${IGRPO_ROOT:-$SLURM_SUBMIT_DIR}/launch/common.sh"

@@ -12,6 +12,9 @@ stop() {
   wait "${pids[@]}" 2>/dev/null || true
 }
 trap 'stop; exit 143' TERM INT
+# The time-limit warning is the trainer's (a --signal without B: reaches every step); the
+# servers started below inherit the ignored disposition.
+trap '' USR1
 
 for (( i = 0; i < SERVERS_PER_NODE; i++ )); do
   first=$(( i * CFG_SERVER_TP ))

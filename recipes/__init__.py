@@ -13,12 +13,12 @@ from typing import Optional, Sequence
 import yaml
 
 from igrpo_megatron.config import Config, ConfigError, load_config
-from recipes import (nemotron_h_8b_math, openmath_nemotron_7b_math, openreasoning_nemotron_7b_acereason,
-                     r1_distill_qwen_7b_math, r1_distill_qwen_14b_math)
+from recipes import (nemotron_h_8b_math, openmath_nemotron_7b_math, openmath_nemotron_14b_math,
+                     openreasoning_nemotron_7b_acereason, r1_distill_qwen_7b_math, r1_distill_qwen_14b_math)
 from recipes.paper import Recipe
 
 _MODULES = (r1_distill_qwen_7b_math, r1_distill_qwen_14b_math, openmath_nemotron_7b_math,
-            openreasoning_nemotron_7b_acereason, nemotron_h_8b_math)
+            openmath_nemotron_14b_math, openreasoning_nemotron_7b_acereason, nemotron_h_8b_math)
 RECIPES: dict[str, Recipe] = {r.name: r for m in _MODULES for r in m.RECIPES}
 _MODULE_OF = {r.name: m.__name__ for m in _MODULES for r in m.RECIPES}
 

@@ -6,6 +6,15 @@ even where it equals the default, so that a default changing later cannot silent
 paper run (tests/test_recipes.py compares the recipes with the paper's numbers).
 
 Choices the paper does not state are marked "(ours)".
+
+The batch (PAPER.md contradicts itself): the text gives a global batch of 1,024, "16 per device x
+8 GPUs x 8 accumulation", while the plotted curves run ~150 optimizer steps, and one epoch of
+MATH's 7,500 problems at 1,024 completions per step is 58 steps. The project follows the text
+and reads 1,024 as the completions sampled per step, the quantity budget matching keeps equal:
+128 prompts x 8 for both methods, one optimizer step per rollout batch (ppo_epochs = mini_batches
+= 1). GRPO then trains on 1,024 sequences per step and iGRPO on 512 (its 512 drafts are context
+only), both for 58 steps per epoch on MATH and 73 on AceReason-Math's 9,400. The ~150 plotted
+steps would need ~50 prompts per step; they are not reproduced (ours).
 """
 from __future__ import annotations
 
@@ -29,6 +38,11 @@ class Model:
     note: Optional[str] = None  # shown when the model cannot be trained yet
 
 
+# AceReason-Math has ~49.6K problems; the paper trains on 9,400 without saying which. The project
+# takes a uniform random sample of 9,400, seeded by data.seed (ours).
+ACEREASON_PROBLEMS = 9400
+
+
 def paper_settings(name: str, model: Model, data: str) -> Settings:
     """The setup shared by every run of the paper: iGRPO N = 4 drafts + G = 4 refinements."""
     return {
@@ -45,7 +59,7 @@ def paper_settings(name: str, model: Model, data: str) -> Settings:
         },
         "igrpo": {"num_drafts": 4, "num_refinements": 4, "group_budget": 8},
         "reward": {"kind": "math_verify", "accuracy_weight": 1.0, "format_weight": 1.0},
-        "data": {"preset": data},
+        "data": {"preset": data, **({"max_examples": ACEREASON_PROBLEMS} if data == "acereason" else {})},
         "rollout": {
             "tensor_parallel_size": model.rollout_tp, "dtype": "bfloat16",
             "temperature": 0.7, "top_p": 1.0,  # top-p not stated (ours: none)
@@ -57,8 +71,9 @@ def paper_settings(name: str, model: Model, data: str) -> Settings:
         "train": {
             "output_dir": f"runs/{name}",
             "epochs": 1,
-            # 128 prompts x 8 samples = the paper's 1,024 completions per step.
+            # 128 prompts x 8 samples = the paper's 1,024 completions per step (module docstring).
             "prompts_per_step": 128,
+            "ppo_epochs": 1, "mini_batches": 1,  # one optimizer step per rollout batch
             "micro_batch_size": 2,  # (ours) 5k-token sequences with activation recompute
             "save_every": 25,
         },

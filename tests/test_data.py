@@ -111,6 +111,19 @@ def test_source_errors(tmp_path, monkeypatch):
         load_prompts(DataConfig(preset="acereason"))
 
 
+def test_max_examples_keeps_a_seeded_sample_in_file_order(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps({"problem": f"q{i}", "answer": str(i)}) + "\n" for i in range(100)))
+
+    def rows(**kw):
+        return [int(e.answer) for e in load_prompts(DataConfig(source=str(path), **kw))]
+
+    sample = rows(max_examples=10, seed=1)
+    assert len(sample) == 10 == len(set(sample)) and sample == sorted(sample)
+    assert rows(max_examples=10, seed=1) == sample and rows(max_examples=10, seed=2) != sample
+    assert rows(max_examples=500, seed=1) == rows() == list(range(100))
+
+
 def test_synthetic_is_deterministic_and_correct():
     a = synthetic_examples(200, seed=3, max_operand=9, ops="+-*", num_operands=3)
     assert a == synthetic_examples(200, seed=3, max_operand=9, ops="+-*", num_operands=3)

@@ -66,6 +66,22 @@ def test_paper_runs_are_all_there():
     assert recipes.build("orn7b_acereason_igrpo").model.hf_path == "nvidia/OpenReasoning-Nemotron-7B"
 
 
+def test_batch_sizes_and_subsets_as_the_project_reads_the_paper():
+    """recipes/paper.py: 1,024 completions sampled per step for both methods, one optimizer step
+    on them; iGRPO trains on its 512 refinements, GRPO on all 1,024. AceReason-Math: 9,400 problems."""
+    for name in recipes.runnable():
+        cfg = recipes.build(name)
+        t, ig = cfg.train, cfg.igrpo
+        assert (t.ppo_epochs, t.mini_batches) == (1, 1), name
+        assert t.prompts_per_step * ig.num_refinements == (512 if "_igrpo" in name else 1024), name
+        problems = 9400 if cfg.data.preset == "acereason" else 7500
+        assert cfg.data.max_examples == (9400 if cfg.data.preset == "acereason" else None), name
+        assert problems // t.prompts_per_step == (73 if problems == 9400 else 58)  # optimizer steps per epoch
+    omn14 = recipes.build("omn14b_math_igrpo")
+    assert (omn14.model.hf_path, omn14.parallel.tp) == ("nvidia/OpenMath-Nemotron-14B", 4)
+    assert "omn14b_math_grpo" in recipes.runnable()
+
+
 def test_nemotron_h_recipes_build_with_a_layout_the_model_allows():
     for name in ("nemoh8b_math_igrpo", "nemoh8b_math_grpo"):
         cfg = recipes.build(name)

@@ -38,6 +38,7 @@ class Checkpointer:
     def __init__(self, cfg: Config, policy, data, weight_version: Callable[[], int]):
         self.cfg, self.policy, self.data, self.weight_version = cfg, policy, data, weight_version
         self.root = os.path.join(cfg.train.output_dir, "checkpoints")
+        self.last_saved: Optional[int] = None  # the step whose state is on disk (saved or resumed from)
 
     def resume(self) -> Optional[Resumed]:
         """Load the latest complete checkpoint in place (policy and data position) when
@@ -48,6 +49,7 @@ class Checkpointer:
         loaded = load_checkpoint(latest, self.policy.model_chunks, self.policy.optimizer, self.policy.scheduler,
                                  load_optimizer=self.cfg.train.load_optimizer)
         self.data.load_state_dict(loaded.extra_state["data"])
+        self.last_saved = loaded.step
         return Resumed(loaded.path, loaded.step, int(loaded.extra_state["weight_version"]),
                        loaded.extra_state["data"])
 
@@ -63,5 +65,6 @@ class Checkpointer:
     def save(self, step: int) -> str:
         """Save after ``step`` now, whatever the schedule; keeps the newest ``train.keep_last``."""
         extra = {"weight_version": self.weight_version(), "data": self.data.state_dict()}
+        self.last_saved = step
         return save_checkpoint(self.root, step, self.policy.model_chunks, self.policy.optimizer,
                                self.policy.scheduler, extra, config=self.cfg, keep_last=self.cfg.train.keep_last)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
@@ -109,6 +110,11 @@ def load_prompts_counted(cfg: DataConfig) -> tuple[list[Example], int]:
         logger.warning("%s: skipped %d malformed rows of %d", source, skipped, skipped + len(examples))
     if not examples:
         raise DataError(f"{source}: no usable rows (fields {prompt_field!r} / {answer_field!r})")
+    if cfg.max_examples is not None and cfg.max_examples < len(examples):
+        # A uniform sample without replacement, the same for a seed whatever the machine; rows
+        # stay in file order (the epoch shuffle is the iterator's).
+        keep = sorted(random.Random(cfg.seed).sample(range(len(examples)), cfg.max_examples))
+        examples = [examples[i] for i in keep]
     return examples, skipped
 
 

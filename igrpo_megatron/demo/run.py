@@ -155,7 +155,7 @@ def task_accuracy(trainer, num_prompts: int, samples: int, seed: int) -> float:
 
 def worker(argv: list[str]) -> None:
     """Body of each torchrun rank."""
-    from igrpo_megatron.cli.train import exit_through_close_on_sigterm
+    from igrpo_megatron import preemption
     from igrpo_megatron.config import load_config
     from igrpo_megatron.trainer import Trainer
 
@@ -169,7 +169,9 @@ def worker(argv: list[str]) -> None:
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_intermixed_args(argv)  # the launcher puts options after some overrides
     cfg = load_config(args.config, args.overrides)
-    exit_through_close_on_sigterm()
+    # SIGTERM (torchrun, when a rank dies) then exits through Trainer.close() after the grace,
+    # so the vLLM server (its own process group) does not outlive the demo.
+    preemption.install_handlers()
     if int(os.environ.get("RANK", "0")) == 0:
         print("[demo] building the Megatron model and starting the vLLM server (~30-60 s)", flush=True)
     with Trainer(cfg) as trainer:
