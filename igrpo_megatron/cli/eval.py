@@ -23,7 +23,6 @@ import dataclasses
 import logging
 import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
 
 from igrpo_megatron.cli.runner import run_cli
 from igrpo_megatron.config import Config, ConfigError, load_config
@@ -70,14 +69,10 @@ def _start_servers(stack: contextlib.ExitStack, cfg: Config, hf_path: str, neede
                              tokenizer_path=cfg.model.tokenizer_path,
                              env={"CUDA_VISIBLE_DEVICES": gpus[i]} if gpus else None)
 
-    with ThreadPoolExecutor(e.servers) as pool:
-        futures = [pool.submit(start, i) for i in range(e.servers)]
-    for f in futures:  # every server that came up is stopped at the end, also when another failed
-        if f.exception() is None:
-            stack.enter_context(f.result())
-    for f in futures:
-        f.result()
-    return [f.result().url for f in futures], api_key
+    # One after another, from this thread: a server's guard dies with the THREAD that started it
+    # (PR_SET_PDEATHSIG follows the creating thread), so a pool thread's exit would stop it.
+    handles = [stack.enter_context(start(i)) for i in range(e.servers)]
+    return [h.url for h in handles], api_key
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -75,7 +75,7 @@ def full_logits(model, tokens: torch.Tensor) -> torch.Tensor | None:
 
 def logits_everywhere(model, tokens: torch.Tensor, vocab: int) -> torch.Tensor:
     """:func:`full_logits` cut to the first ``vocab`` columns, in float32 on every rank."""
-    from igrpo_megatron.models.provider import unwrap
+    from igrpo_megatron.weights.mapping import unwrap
 
     rows = unwrap(model).padded_vocab_size
     return from_last_stage(full_logits(model, tokens), (*tokens.shape, rows), torch.float32)[..., :vocab]
