@@ -42,7 +42,7 @@ def _require(cond: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
-def _looks_local(path: Optional[str]) -> bool:
+def looks_local(path: Optional[str]) -> bool:
     """A path that cannot be a hub name ("org/name"): absolute, ~ or ./-relative, or deeper than org/name."""
     return bool(path) and (path.startswith(("/", "~", ".")) or path.count("/") > 1)
 
@@ -85,7 +85,7 @@ class ModelConfig(Section):
             _require(self.dtype == "bf16", "model.fp8 needs model.dtype=bf16 (FP8 keeps bf16 master compute)")
         for name in ("hf_path", "tokenizer_path"):
             path = getattr(self, name)
-            _require(not _looks_local(path) or os.path.exists(os.path.expanduser(path)),
+            _require(not looks_local(path) or os.path.exists(os.path.expanduser(path)),
                      f"model.{name}={path}: no such folder; give an existing local folder or a hub name (org/name)")
 
 

@@ -12,15 +12,15 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from igrpo_megatron.config import ConfigError
+from igrpo_megatron.config import ConfigError, looks_local
 
 #: What a run reads from a model repository; weights in other formats are never downloaded.
 HUB_FILES = ["*.safetensors", "*.safetensors.index.json", "*.json", "*.jinja", "*.model", "*.txt", "*.tiktoken"]
 
 
 def is_local(name: str) -> bool:
-    """A path the user means as local: it exists, or it is spelled like a path (``/``, ``.``, ``~``)."""
-    return os.path.exists(name) or name.startswith(("/", ".", "~")) or name.count("/") > 1
+    """A path the user means as local: it exists, or it cannot be a hub name (config.looks_local)."""
+    return os.path.exists(name) or looks_local(name)
 
 
 def resolve_model(name: str, field: str = "model.hf_path", local_files_only: bool = False) -> str:
