@@ -429,3 +429,98 @@ def test_skip_malformed_skips_every_bad_row_and_counts_them_in_one_line(tiny_qwe
     assert all(0 < len(ids[e.id]) <= LIMIT for e in kept)
     assert "skipped 2 malformed rows of 9" in caplog.text
     assert "skipped 2 of 7 prompts over the prompt budget (rollout.max_prompt_tokens=480)" in caplog.text
+
+
+# ------------------------------------------------------------------ kill -9 of a training rank
+
+TRAIN_PROMPTS = 2
+
+
+def _run_tree(root: int) -> dict[int, int]:
+    """``{pid: pgid}`` of ``root`` and every process below it."""
+    import psutil
+
+    tree = {}
+    for proc in [psutil.Process(root), *psutil.Process(root).children(recursive=True)]:
+        try:
+            tree[proc.pid] = os.getpgid(proc.pid)
+        except ProcessLookupError:
+            pass
+    return tree
+
+
+def _rank_pid(torchrun: subprocess.Popen, rank: int) -> int:
+    import psutil
+
+    for proc in psutil.Process(torchrun.pid).children():
+        if proc.environ().get("RANK") == str(rank):
+            return proc.pid
+    raise AssertionError(f"torchrun has no rank {rank}")
+
+
+def _kill_rank_after_checkpoint(cmd: list[str], run_dir: str, rank: int, step: int, port: int, log) -> str:
+    """Start the run, SIGKILL ``rank`` once checkpoint ``step`` is complete, and wait until every
+    process group of the run (torchrun, ranks, reward workers, checkpoint writers, the vLLM server's
+    guard, API server and engine) is empty and the server's port binds again. Returns the run's output."""
+    import time
+
+    from igrpo_megatron.lifetime import group_members
+
+    done = os.path.join(run_dir, "checkpoints", f"iter_{step:07d}", "meta.json")
+    torchrun = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=REPO,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while not os.path.exists(done):
+            assert torchrun.poll() is None, f"the run ended (rc {torchrun.returncode}) before checkpoint {step}"
+            assert time.monotonic() < deadline, f"no checkpoint {step} after 600 s"
+            time.sleep(0.2)
+        groups = set(_run_tree(torchrun.pid).values())
+        assert len(groups) >= 2, groups  # torchrun's own and the vLLM server's
+        os.kill(_rank_pid(torchrun, rank), 9)
+        t0 = time.monotonic()
+        torchrun.wait(timeout=120)
+        for pgid in groups:
+            _wait_gone(pgid, port, timeout_s=max(1.0, 120 - (time.monotonic() - t0)))
+        print(f"rank {rank} killed: torchrun rc {torchrun.returncode}, groups {sorted(groups)} empty and port "
+              f"{port} free in {time.monotonic() - t0:.1f} s")
+        assert torchrun.returncode != 0
+    finally:
+        if torchrun.poll() is None:
+            os.killpg(torchrun.pid, 9)
+            torchrun.wait()
+    log.flush()
+    with open(log.name) as f:
+        return f.read()
+
+
+def test_kill_9_of_rank_0_or_rank_1_leaves_nothing_and_the_same_command_resumes(tiny_qwen2, tmp_path):
+    """One 3-step run at TP=2 with its own vLLM server, the same command three times: rank 0 is
+    SIGKILLed after checkpoint 1, rank 1 after checkpoint 2 of the rerun, the third run finishes.
+    After each kill no process group of the run has a member and the port is free; each rerun
+    resumes at the last checkpoint's step and data position."""
+    import yaml
+
+    from igrpo_megatron.metrics import read_metrics
+    from igrpo_megatron.models.parallel import free_port
+    from trainer_fixtures import tiny_run_config
+
+    port, run_dir = free_port(), str(tmp_path / "run")
+    cfg = tiny_run_config(tiny_qwen2, run_dir, port=port, data={"synthetic_size": 16},
+                          rollout={"max_tokens": 8, "startup_timeout_s": 400},
+                          train={"prompts_per_step": TRAIN_PROMPTS, "max_steps": 3, "save_every": 1})
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    cmd = [sys.executable, "-m", "igrpo_megatron.cli.torchrun", "--standalone", "--nproc_per_node=2",
+           os.path.join(REPO, "igrpo_megatron", "cli", "train.py"), "--config", str(tmp_path / "run.yaml")]
+
+    with open(tmp_path / "launch1.log", "w") as log:
+        _kill_rank_after_checkpoint(cmd, run_dir, rank=0, step=1, port=port, log=log)
+    with open(tmp_path / "launch2.log", "w") as log:
+        out = _kill_rank_after_checkpoint(cmd, run_dir, rank=1, step=2, port=port, log=log)
+    assert "at step 1" in out, out[-3000:]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=REPO, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    assert "at step 2" in proc.stdout + proc.stderr
+    records = read_metrics(run_dir)
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert [r["prompts_consumed"] for r in records] == [TRAIN_PROMPTS * s for s in (1, 2, 3)]  # the data position
