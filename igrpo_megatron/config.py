@@ -290,8 +290,12 @@ class RolloutConfig(Section):
     nccl_master_port: int = opt(29650, "nccl transport: rendezvous port on the trainer node")
     stale_policy: Literal["refuse", "count"] = opt(
         "refuse", "a sample from older weights: refuse (error) or count it in the metrics")
+    async_steps: int = opt(
+        0, "0: on-policy (paper); 1: step k+1's rollout generates on the previous weights while step k trains")
 
     def validate(self) -> None:
+        _require(self.async_steps in (0, 1),
+                 f"rollout.async_steps={self.async_steps}: give 0 (on-policy) or 1 (one step off-policy)")
         _require(0 < self.temperature,
                  "rollout.temperature must be > 0 (training samples, it does not decode greedily)")
         _require(0 < self.top_p <= 1, "rollout.top_p must be in (0, 1]")

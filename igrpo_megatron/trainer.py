@@ -37,6 +37,7 @@ from igrpo_megatron.models import Policy, broadcast_object, initialize_parallel,
 from igrpo_megatron.models.policy import needs_old_logprobs, optimizer_steps
 from igrpo_megatron.models.provider import check_layout
 from igrpo_megatron.rollout import RefitStats, RolloutConnection, SamplingParams, connect
+from igrpo_megatron.rollout.pipeline import RolloutPipeline, check_lag
 from igrpo_megatron.rollout.samples import SampleLog
 from igrpo_megatron.rollout.two_stage import TokenizedPrompt, TwoStageRollout
 from igrpo_megatron.weights import export_hf_weights
@@ -71,7 +72,8 @@ class Trainer:
         # The reference is the starting model (paper): hf_path, also after a resume.
         self.reference = Policy(cfg, self.hf_cfg, frozen=True) if cfg.loss.kl_beta > 0 else None
         self.step_idx = self.weight_version = 0
-        self.checkpointer = Checkpointer(cfg, self.policy, self.prompts, lambda: self.weight_version)
+        self.rollouts = RolloutPipeline(cfg.rollout.async_steps, self.next_prompts, self._generate if self.is_driver else None)
+        self.checkpointer = Checkpointer(cfg, self.policy, self.prompts, lambda: self.weight_version, self.rollouts)
         resumed = self.checkpointer.resume()
         if resumed is not None:
             self.step_idx, self.weight_version = resumed.step, resumed.weight_version
@@ -101,6 +103,7 @@ class Trainer:
         self.samples = SampleLog(t.output_dir, self.tokenizer, t.samples_fraction, t.samples_token_ids, t.seed)
 
     def close(self) -> None:
+        self.rollouts.close(self.conn.loop if self.conn is not None else None)
         if self.conn is not None:
             self.conn.close()
         if self.logger is not None:
@@ -121,6 +124,10 @@ class Trainer:
         if not self.is_driver:
             return []
         return [TokenizedPrompt(e.id, e.question, e.answer, self.prompt_ids[e.id]) for e in examples]
+
+    def _generate(self, prompts: list[TokenizedPrompt]) -> list:
+        """Both stages of ``prompts`` on the server's current weights (rank 0; ``rollout.pipeline`` calls it)."""
+        return self.conn.loop.run_until_complete(self.rollout.run(prompts))
 
     def refit(self) -> Optional[RefitStats]:
         """Push the policy's weights to the rollout server as ``weight_version`` (collective);
@@ -157,16 +164,17 @@ class Trainer:
     def step(self) -> dict:
         """One iteration; returns its metrics record (complete on rank 0, which logs it)."""
         watch = Stopwatch(PHASES)
-        prompts = self.next_prompts()
-        groups = None
-        if self.is_driver:
-            with watch("rollout"):
-                groups = self.conn.loop.run_until_complete(self.rollout.run(prompts))
+        with watch("rollout"):
+            groups = self.rollouts.take(more_steps=self.step_idx + 1 < self.total_steps)
+            if self.is_driver:
+                check_lag(groups, self.weight_version, self.cfg.rollout.async_steps, self.conn.client)
         groups = broadcast_object(groups)
         batch, batch_info = build_train_batch(groups, self.cfg, self.pad_id)
         train_metrics = self.update(batch, watch) if len(batch) else {}
         self.step_idx += 1
         self.weight_version += 1
+        with watch("rollout"):
+            self.rollouts.wait()  # the next step's rollout ends on the weights it started on
         with watch("refit"):
             refit_stats = self.refit()
         record = {"step": self.step_idx, "weight_version": self.weight_version,
