@@ -62,8 +62,8 @@ def _pipeline(async_steps: int, server: dict, drawn: list):
 
     def run(prompts):
         start = server["version"]
-        server["started"].set()
-        server["release"].wait(30)
+        if prompts[0] == server.get("hold"):
+            assert server["release"].wait(30)
         assert server["version"] == start  # nobody refit under the rollout
         return [_group(p, start) for p in prompts]
 
@@ -71,9 +71,7 @@ def _pipeline(async_steps: int, server: dict, drawn: list):
 
 
 def test_pipeline_runs_one_step_ahead_on_the_weights_of_its_start():
-    release = threading.Event()
-    release.set()
-    server = {"version": 0, "started": threading.Event(), "release": release}
+    server = {"version": 0, "release": threading.Event()}
     drawn = []
     pipe = _pipeline(1, server, drawn)
     versions = []
@@ -93,11 +91,11 @@ def test_pipeline_runs_one_step_ahead_on_the_weights_of_its_start():
 def test_pipeline_state_round_trips_the_rollout_ahead():
     """A checkpoint at a step boundary holds the finished rollout ahead, and a resumed pipeline
     trains on exactly it (then goes on generating ahead)."""
-    server = {"version": 5, "started": threading.Event(), "release": threading.Event()}
+    server = {"version": 5, "release": threading.Event(), "hold": "p1"}
     pipe = _pipeline(1, server, drawn := [])
-    pipe.take(more_steps=True)  # step 1 on-policy, holds until released
-    server["release"].set()
-    state = json.loads(json.dumps(pipe.state_dict()))  # through the checkpoint's JSON metadata
+    pipe.take(more_steps=True)  # step 1 on-policy; step 2's rollout (p1) holds in the background
+    threading.Timer(0.5, server["release"].set).start()
+    state = json.loads(json.dumps(pipe.state_dict()))  # waits for it; through the checkpoint's JSON metadata
     pipe.close(None)
     assert [g["id"] for g in state] == ["p1"] and state[0]["weight_version"] == 5
 
