@@ -362,6 +362,10 @@ class TrainConfig(Section):
         _require(0 <= self.samples_fraction <= 1, "train.samples_fraction must be in [0, 1]")
 
 
+# Seeds of consecutive problems lie this far apart (eval/runner.py): more samples than any k.
+EVAL_SEED_STRIDE = 1 << 16
+
+
 @dataclass
 class EvalConfig(Section):
     """``igrpo-eval``: avg@k, maj@k, pass@k through vLLM servers (the paper's protocol by default).
@@ -390,16 +394,15 @@ class EvalConfig(Section):
         "training", "training: the system instruction the policy trained with; none: no system message")
     prompt_template: str = opt("{problem}", "the user message; {problem} is replaced, other braces kept")
     limit: Optional[int] = opt(None, "first n problems of each benchmark (smoke runs); null: all")
-    seed: int = opt(0, "sampling seed (sample j of problem i uses seed + i * 65536 + j)")
+    seed: int = opt(0, f"sampling seed (sample j of problem i uses seed + i * {EVAL_SEED_STRIDE} + j)")
     output_dir: str = opt("runs/eval", "folder for the samples (resumable), results.json and results.md")
 
     def validate(self) -> None:
         from igrpo_megatron.eval.report import PAPER_ROWS
-        from igrpo_megatron.eval.runner import SEED_STRIDE
 
         _require(bool(self.benchmarks), "eval.benchmarks is empty; name at least one (e.g. [math500])")
-        _require(self.samples is None or 1 <= self.samples <= SEED_STRIDE,
-                 f"eval.samples must be in [1, {SEED_STRIDE}] or null (null: the paper's k per benchmark)")
+        _require(self.samples is None or 1 <= self.samples <= EVAL_SEED_STRIDE,
+                 f"eval.samples must be in [1, {EVAL_SEED_STRIDE}] or null (null: the paper's k per benchmark)")
         _require(self.samples is None or all(k <= self.samples for k in self.pass_k or ()),
                  f"eval.pass_k={self.pass_k} asks for k above eval.samples={self.samples}")
         _require(all(k >= 1 for k in self.pass_k or ()), "eval.pass_k values must be >= 1")
