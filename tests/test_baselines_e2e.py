@@ -1,5 +1,6 @@
 """Table 1's baselines through ``igrpo-train`` for real: one vLLM server (module-scoped) shared by a
-Critique-GRPO run and a Self-Verification run, each 2 steps of Megatron (TP=1) with refits over HTTP."""
+Critique-GRPO run and a Self-Verification run, each 2 steps of Megatron (TP=1) with refits over HTTP,
+and one step of verifications sampled from a restored buffer."""
 import json
 import os
 
@@ -59,3 +60,37 @@ def test_critique_grpo_and_self_verification_train_against_a_real_server(tmp_pat
     assert records[0]["num_samples"] == PROMPTS * 4
     assert records[1]["num_samples"] in {PROMPTS * 4 + 4 * k for k in range(3)}
     assert all(0 < e["p"] < 1 and isinstance(e["label"], bool) for e in state["buffer"])
+
+
+def test_verification_prompts_from_the_buffer_against_the_real_server(tiny_qwen2, rollout_server):
+    """The random tiny model never solves a problem, so the run above never buffers a solution; here
+    the buffer is set as a checkpoint would restore it and one step's verifications are sampled."""
+    import asyncio
+
+    from transformers import AutoTokenizer
+
+    from igrpo_megatron.algorithms.baselines import VERIFY_INSTRUCTION
+    from igrpo_megatron.config import Config, IGRPOConfig
+    from igrpo_megatron.rollout import RolloutClient, SamplingParams
+    from igrpo_megatron.rollout.self_verification import VERIFY_ID, SelfVerificationRollout
+
+    cfg = Config(igrpo=IGRPOConfig(method="self_verification", num_drafts=0, num_refinements=4,
+                                   verify_prompts_per_step=2))
+    client = RolloutClient([rollout_server.url], rollout_server.api_key)
+    tok = AutoTokenizer.from_pretrained(tiny_qwen2)
+    sv = SelfVerificationRollout(cfg, client, SamplingParams(max_tokens=8), None, tok, total_steps=4)
+    buffer = [{"id": f"s{i}", "question": f"What is {i} + 1?", "solution": f"<answer>{i + 1}</answer>",
+               "label": i % 2 == 0, "p": 0.25} for i in range(3)]
+    sv.load_state_dict({"steps_seen": 1, "buffer": buffer, "pending": []})
+
+    async def step():
+        try:
+            return await sv.run([])
+        finally:
+            await client.aclose()
+
+    groups = asyncio.run(step())
+    assert len(groups) == 2 and all(g.id.startswith(VERIFY_ID) and len(g.response_ids) == 4 for g in groups)
+    for g in groups:
+        assert VERIFY_INSTRUCTION in tok.decode(g.prompt_ids)  # the three turns, the instruction last
+        assert set(g.rewards) <= {0.0, 1.5, 0.5}  # a random model rarely writes a verdict: mostly 0
