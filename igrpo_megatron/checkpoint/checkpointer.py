@@ -25,20 +25,23 @@ class Resumed:
     step: int
     weight_version: int
     data_state: dict
+    method_state: dict  # the sampling method's training state (rollout/methods.py; {} for most)
 
 
 class Checkpointer:
     """Saves ``policy`` (model, optimizer, LR schedule, RNG) with the run's position; all calls are collective.
 
     ``data`` is the prompt iterator (``state_dict`` / ``load_state_dict``); ``weight_version``
-    reads the version the policy's weights carry now; ``rollouts`` (``rollout.pipeline``) holds a
-    rollout generated ahead of its step, saved and restored with the data position that drew it.
-    With ``train.save_every = 0`` nothing is ever saved.
+    reads the version the policy's weights carry now; ``method_state`` the sampling method's state
+    (JSON, the same on every rank: Self-Verification's buffer); ``rollouts`` (``rollout.pipeline``)
+    holds a rollout generated ahead of its step, saved and restored with the data position that
+    drew it. With ``train.save_every = 0`` nothing is ever saved.
     """
 
-    def __init__(self, cfg: Config, policy, data, weight_version: Callable[[], int], rollouts=None):
+    def __init__(self, cfg: Config, policy, data, weight_version: Callable[[], int],
+                 method_state: Callable[[], dict] = dict, rollouts=None):
         self.cfg, self.policy, self.data, self.weight_version = cfg, policy, data, weight_version
-        self.rollouts = rollouts
+        self.method_state, self.rollouts = method_state, rollouts
         self.root = os.path.join(cfg.train.output_dir, "checkpoints")
         self.last_saved: Optional[int] = None  # the step whose state is on disk (saved or resumed from)
 
@@ -55,7 +58,7 @@ class Checkpointer:
             self.rollouts.load_state_dict(loaded.extra_state.get("rollout_ahead"))
         self.last_saved = loaded.step
         return Resumed(loaded.path, loaded.step, int(loaded.extra_state["weight_version"]),
-                       loaded.extra_state["data"])
+                       loaded.extra_state["data"], loaded.extra_state.get("method", {}))
 
     def should_save(self, step: int, last: bool) -> bool:
         every = self.cfg.train.save_every
@@ -68,7 +71,8 @@ class Checkpointer:
 
     def save(self, step: int) -> str:
         """Save after ``step`` now, whatever the schedule; keeps the newest ``train.keep_last``."""
-        extra = {"weight_version": self.weight_version(), "data": self.data.state_dict()}
+        extra = {"weight_version": self.weight_version(), "data": self.data.state_dict(),
+                 "method": self.method_state()}
         if self.rollouts is not None:
             extra["rollout_ahead"] = self.rollouts.state_dict()
         self.last_saved = step
