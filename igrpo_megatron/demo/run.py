@@ -149,7 +149,7 @@ def task_accuracy(trainer, num_prompts: int, samples: int, seed: int) -> float:
         return await asyncio.gather(*jobs)
 
     results = trainer.conn.loop.run_until_complete(run())
-    accuracy = [a for _, _, acc in results for a in acc]
+    accuracy = [a for _, _, acc, _ in results for a in acc]
     return sum(accuracy) / len(accuracy)
 
 
