@@ -31,6 +31,7 @@ CASES = {
     "flaky": [(503, "busy"), (500, "boom"), _chat("SCORE: 0.5")],
     "down": [(503, "busy")] * 10,
     "bad_request": [(400, "model not found")],
+    "continued": [_chat(" 0.6, the answer matches")],  # the rest of a reply forced to start with SCORE:
 }
 
 
@@ -44,7 +45,7 @@ class FakeJudge:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 judge.requests.append((dict(self.headers), self.path, body))
-                case = re.search(r"case:(\w+)", body["messages"][-1]["content"]).group(1)
+                case = re.search(r"case:(\w+)", body["messages"][1]["content"]).group(1)  # the user turn
                 replies = CASES[case]
                 status, text = replies[min(judge.attempts[case], len(replies) - 1)]
                 judge.attempts[case] += 1
@@ -157,6 +158,15 @@ def test_judge_watch_gives_each_steps_rates_from_cumulative_counters():
     math_verify = {"reward_items": 8, "reward_timeouts": 0}
     watch.add_rates(math_verify)
     assert "judge_grades_per_s" not in math_verify and "judge" not in progress_line({"step": 3, **math_verify})
+
+
+def test_reply_prefix_is_forced_and_read_with_the_reply(judge_server):
+    with make_reward(_cfg(judge_server.url, judge_reply_prefix="SCORE:")) as judge:
+        (result,) = judge.score([("case:continued", "19", "What is 7 + 12?")])
+    assert result.accuracy == 0.6 and result.error is None
+    _, _, body = judge_server.requests[0]
+    assert body["messages"][-1] == {"role": "assistant", "content": "SCORE:"}
+    assert body["continue_final_message"] is True and body["add_generation_prompt"] is False
 
 
 def test_unreachable_judge_falls_back_after_retries():

@@ -89,11 +89,14 @@ class JudgeReward:
     ``judge_fallback_score``), unparseable (a reply came but held no score in [0, 1]),
     request_failures (gave up after retries), retries, busy_s (wall time with a request in flight)."""
 
-    def __init__(self, cfg: RewardConfig):
+    def __init__(self, cfg: RewardConfig, build_messages=None):
+        """``build_messages(question, gold, completion)`` defaults to :func:`judge_messages`; the
+        injection benchmark passes an undefended prompt as its control."""
         if not cfg.judge_url or not cfg.judge_model:
             raise ConfigError("reward.kind=judge needs reward.judge_url (base URL of an OpenAI-compatible "
                               "server) and reward.judge_model (the model name it serves)")
         self.cfg = cfg
+        self.build_messages = build_messages or judge_messages
         base = cfg.judge_url.rstrip("/")
         self.endpoint = base + ("/chat/completions" if base.endswith("/v1") else "/v1/chat/completions")
         key = os.environ.get(cfg.judge_api_key_env)
@@ -150,7 +153,7 @@ class JudgeReward:
         try:
             async with limit:
                 with self._busy():
-                    reply = await self._ask(session, judge_messages(item.question, item.gold, item.completion))
+                    reply = await self._ask(session, self.build_messages(item.question, item.gold, item.completion))
             score = parse_score(reply)
             if score is None:
                 self._counts["unparseable"] += 1
@@ -167,6 +170,10 @@ class JudgeReward:
         """The judge's reply text; transient failures (``rollout/retry.py``) are retried with backoff."""
         body = {"model": self.cfg.judge_model, "messages": messages,
                 "max_tokens": self.cfg.judge_max_tokens, "temperature": 0.0}
+        prefix = self.cfg.judge_reply_prefix
+        if prefix:  # the reply continues an assistant turn that already holds the prefix (a vLLM extension)
+            body.update(messages=[*messages, {"role": "assistant", "content": prefix}],
+                        add_generation_prompt=False, continue_final_message=True)
         last = ""
         for attempt in range(self.cfg.judge_max_retries + 1):
             if attempt:
@@ -187,7 +194,7 @@ class JudgeReward:
             except ValueError as e:  # not JSON
                 raise _RequestFailed(f"judge {self.endpoint} sent a body that is not JSON: {e}") from e
             try:
-                return data["choices"][0]["message"]["content"] or ""
+                return prefix + (data["choices"][0]["message"]["content"] or "")
             except (KeyError, IndexError, TypeError):
                 return ""  # no reply text: parse_score gives None, counted as an unusable reply
         raise _RequestFailed(f"judge {self.endpoint} failed after {self.cfg.judge_max_retries} retries: {last}")
