@@ -1,5 +1,5 @@
 """``igrpo-train --dry-run``: the layout and a per-GPU memory plan of a run, from its config and the
-model's ``config.json`` alone (no weights, no torch, no GPU), so that a bad layout or a plan that
+model's ``config.json`` alone (no weights, no GPU), so that a bad layout or a plan that
 cannot fit is found before the job waits in the queue.
 
 Where ``config.json`` comes from (:func:`find_hf_config`): ``model.hf_path`` itself when it is a
@@ -160,25 +160,22 @@ class Shape:
         return (kv + mamba) / tp
 
 
-def check_layout(shape: Shape, cfg: Config, train_gpus: int, gpus_per_node: int) -> list[str]:
-    """Every divisibility the run needs; raises ConfigError naming the first one broken."""
+def check_layout(raw: dict, cfg: Config, train_gpus: int, gpus_per_node: int) -> list[str]:
+    """Every divisibility the run needs, training and rollout side; raises ConfigError naming the
+    first one broken. The model's rules are the provider's (``models.provider.layout_rules``)."""
+    from igrpo_megatron.models.provider import check_divides, layout_rules
+    from igrpo_megatron.weights.arch import arch_spec
+
     p, r = cfg.parallel, cfg.rollout
-    rules = [
-        (shape.heads, p.tp, "parallel.tp", "attention heads"), (shape.kv_heads, p.tp, "parallel.tp", "key/value heads"),
-        (shape.layers, p.pp, "parallel.pp", "layers"),
-        (shape.heads, r.tensor_parallel_size, "rollout.tensor_parallel_size", "attention heads"),
-        (shape.kv_heads, r.tensor_parallel_size, "rollout.tensor_parallel_size", "key/value heads"),
-        (gpus_per_node, r.tensor_parallel_size, "rollout.tensor_parallel_size", "GPUs of a rollout node"),
-        (train_gpus, p.tp * p.pp, "parallel.tp x parallel.pp", "training GPUs (--train-gpus)"),
-    ]
-    if shape.mamba_heads:
-        rules += [(shape.mamba_heads, p.tp, "parallel.tp", "Mamba heads"), (shape.groups, p.tp, "parallel.tp", "Mamba groups")]
-    for count, n, name, what in rules:
-        if count % n:
-            raise ConfigError(f"{name}={n} does not divide the model's {count} {what}; choose a divisor of {count}")
+    hf_cfg = arch_spec(raw.get("model_type"), "model.hf_path").read_config(raw, "model.hf_path")
+    rules = layout_rules(hf_cfg, p.tp, p.pp) + layout_rules(hf_cfg, r.tensor_parallel_size, 1,
+                                                            "rollout.tensor_parallel_size")[:-1]
+    rules += [("rollout.tensor_parallel_size", r.tensor_parallel_size, gpus_per_node, "GPUs of a rollout node"),
+              ("parallel.tp x parallel.pp", p.tp * p.pp, train_gpus, "training GPUs (--train-gpus)")]
+    checks = check_divides(rules)
     if p.sequence_parallel and p.tp == 1:
         raise ConfigError("parallel.sequence_parallel=true needs parallel.tp > 1")
-    return [f"{name}={n} divides {count} {what}" for count, n, name, what in rules]
+    return checks
 
 
 def _fmt(b: float) -> str:
@@ -200,7 +197,7 @@ def plan(cfg: Config, raw: dict, source: str, *, gpu_memory_gib: float = 80.0, t
          gpus_per_node: int = 8) -> tuple[str, bool]:
     """The dry run's report and whether the training plan fits ``gpu_memory_gib``."""
     shape = Shape.from_hf(raw)
-    checks = check_layout(shape, cfg, train_gpus, gpus_per_node)
+    checks = check_layout(raw, cfg, train_gpus, gpus_per_node)
     p, t, r, m = cfg.parallel, cfg.train, cfg.rollout, cfg.model
     tp, pp = p.tp, p.pp
     dp = train_gpus // (tp * pp)

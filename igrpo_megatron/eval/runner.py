@@ -9,7 +9,7 @@ samples are scored as they return (math-verify in the reward's worker processes,
 and appended to the benchmark's sample file at once, so an interrupted run loses at most the
 requests in flight (eval/samples.py).
 
-Sample j of problem i is drawn with seed ``eval.seed + i * SEED_STRIDE + j``: vLLM gives the
+Sample j of problem i is drawn with seed ``eval.seed + i * EVAL_SEED_STRIDE + j``: vLLM gives the
 m-th sample of a request with seed s the seed s + m, so a request for samples j..j+n-1 carries
 the seed of sample j, and a sample is the same whichever request it was part of. A resumed run
 therefore draws the samples an uninterrupted one would have.
@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from typing import Optional, Sequence
 
 from igrpo_megatron.algorithms.igrpo import build_prompt_messages
-from igrpo_megatron.config import Config, ConfigError, EvalConfig, RewardConfig
+from igrpo_megatron.config import EVAL_SEED_STRIDE, Config, ConfigError, EvalConfig, RewardConfig
 from igrpo_megatron.data.chat import format_prompt
 from igrpo_megatron.eval.benchmarks import Benchmark, Problem, load_benchmark
 from igrpo_megatron.eval.choice import extract_choice
@@ -38,8 +38,6 @@ from igrpo_megatron.eval.scores import summarize_records
 from igrpo_megatron.rewards.extract import extract_answer
 
 log = logging.getLogger(__name__)
-
-SEED_STRIDE = 1 << 16  # more samples than any k of the protocol
 
 
 def prompt_messages(problem: str, e: EvalConfig) -> list[dict]:
@@ -184,7 +182,7 @@ async def _generate(job: Job, e: EvalConfig, tokenizer, client, reward) -> int:
 
     async def one(i: int, first: int, n: int) -> int:
         p, ids = job.problems[i], job.prompts[i]
-        seed = e.seed + i * SEED_STRIDE + first
+        seed = e.seed + i * EVAL_SEED_STRIDE + first
         params = SamplingParams(temperature=e.temperature, top_p=e.top_p, max_tokens=e.max_tokens, seed=seed)
         samples = await client.generate(ids, n=n, params=params)
         texts = [tokenizer.decode(s.token_ids, skip_special_tokens=True) for s in samples]

@@ -91,13 +91,25 @@ def use_transformer_engine(model_cfg: ModelConfig) -> bool:
     return available
 
 
-def check_layout(hf_cfg: HFModelConfig, tp: int, pp: int) -> None:
-    """Raise a ConfigError unless TP divides what the family says it must (heads and key/value
-    heads for a GPT) and PP the layers."""
-    tp_rules = [("parallel.tp", tp, count, what) for count, what in arch_spec(hf_cfg.model_type).tp_divisors(hf_cfg)]
-    for name, n, count, what in tp_rules + [("parallel.pp", pp, hf_cfg.num_layers, "layers")]:
+def layout_rules(hf_cfg: HFModelConfig, tp: int, pp: int, tp_field: str = "parallel.tp") -> list[tuple[str, int, int, str]]:
+    """``(field, n, count, what)``: every count the layout must divide. TP (Megatron's, or vLLM's
+    under ``tp_field``) what the family says it must (heads and key/value heads for a GPT, also
+    the Mamba heads and groups for Nemotron-H); PP the layers (``pp=1`` to leave it out)."""
+    rules = [(tp_field, tp, count, what) for count, what in arch_spec(hf_cfg.model_type).tp_divisors(hf_cfg)]
+    return rules + [("parallel.pp", pp, hf_cfg.num_layers, "layers")]
+
+
+def check_divides(rules: list[tuple[str, int, int, str]]) -> list[str]:
+    """Raise a ConfigError naming the first rule broken; else each rule, said in words."""
+    for name, n, count, what in rules:
         if count % n:
             raise ConfigError(f"{name}={n} does not divide the model's {count} {what}; choose a divisor of {count}")
+    return [f"{name}={n} divides {count} {what}" for name, n, count, what in rules]
+
+
+def check_layout(hf_cfg: HFModelConfig, tp: int, pp: int) -> None:
+    """Raise a ConfigError unless the training layout divides the model (:func:`layout_rules`)."""
+    check_divides(layout_rules(hf_cfg, tp, pp))
 
 
 def transformer_config_from_hf(hf_cfg: HFModelConfig, model_cfg: ModelConfig, parallel_cfg: ParallelConfig):

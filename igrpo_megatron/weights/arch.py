@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping, Optional
 
 from igrpo_megatron.config import ConfigError
+from igrpo_megatron.registry import Registry
 from igrpo_megatron.weights.mapping import Rule, WeightMappingError
 
 
@@ -95,18 +96,17 @@ class UnsupportedArchitecture(ConfigError, WeightMappingError):
     error where a weight map is asked for, with one message either way."""
 
 
-_SPECS: dict[str, ArchSpec] = {}
+_SPECS: Registry[ArchSpec] = Registry("model_type")
 _discovered = False
 
 
 def register(cls: type[ArchSpec]) -> type[ArchSpec]:
-    """Class decorator: make ``cls`` the spec of ``cls.model_type``."""
-    assert cls.model_type not in _SPECS, f"two ArchSpecs for model_type {cls.model_type!r}"
-    _SPECS[cls.model_type] = cls()
+    """Class decorator: make (an instance of) ``cls`` the spec of ``cls.model_type``."""
+    _SPECS.register(cls.model_type)(cls())
     return cls
 
 
-def _registry() -> dict[str, ArchSpec]:
+def _registry() -> Registry[ArchSpec]:
     global _discovered
     if not _discovered:
         import igrpo_megatron.weights as package
