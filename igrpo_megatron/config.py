@@ -238,6 +238,8 @@ class RewardConfig(Section):
     judge_max_retries: int = opt(3, "judge: retries on connection errors, 429 and 5xx, with exponential backoff")
     judge_concurrency: int = opt(16, "judge: requests in flight at once")
     judge_fallback_score: float = opt(0.0, "judge: accuracy when the reply is unusable (counted)")
+    judge_reply_prefix: str = opt(
+        "", "judge: forced start of the reply (vLLM continue_final_message), e.g. SCORE: for a small judge")
 
     def validate(self) -> None:
         _require(self.kind != "judge" or bool(self.judge_url),
