@@ -16,18 +16,29 @@ from igrpo_megatron.models.logprobs import micro_batches_by_length
 ROWS, LOW, HIGH, MBS, BUDGET = 1024, 30, 4096, 4, 16384
 
 
-def main() -> None:
+def realistic_lengths() -> torch.Tensor:
+    """The length mix: ROWS rows, log-uniform in [LOW, HIGH] tokens (seeded)."""
     g = torch.Generator().manual_seed(0)
-    lengths = torch.exp(math.log(LOW) + torch.rand(ROWS, generator=g) * (math.log(HIGH) - math.log(LOW))).long()
-    real = int(lengths.sum())
-    before = ROWS * int(lengths.max())
-    by_length = sum(len(rows) * width for rows, width in micro_batches_by_length(lengths, MBS))
+    return torch.exp(math.log(LOW) + torch.rand(ROWS, generator=g) * (math.log(HIGH) - math.log(LOW))).long()
+
+
+def computed_tokens(lengths: torch.Tensor) -> tuple[int, int, int, int]:
+    """Computed tokens padded to the batch's longest row, grouped by length (MBS rows), grouped
+    by the BUDGET; and the number of budget micro-batches."""
     groups = micro_batches_by_length(lengths, MBS, BUDGET)
-    budget = sum(len(rows) * width for rows, width in groups)
+    return (len(lengths) * int(lengths.max()),
+            sum(len(rows) * width for rows, width in micro_batches_by_length(lengths, MBS)),
+            sum(len(rows) * width for rows, width in groups), len(groups))
+
+
+def main() -> None:
+    lengths = realistic_lengths()
+    real = int(lengths.sum())
+    before, by_length, budget, n_groups = computed_tokens(lengths)
     print(f"rows {ROWS}, lengths log-uniform in [{LOW}, {HIGH}], real tokens {real}")
     print(f"padded to the batch's longest row: computed/real {before / real:.3f}")
     print(f"grouped by length, {MBS} rows each: computed/real {by_length / real:.3f}")
-    print(f"grouped by length, budget {BUDGET} tokens ({len(groups)} micro-batches): computed/real {budget / real:.3f}")
+    print(f"grouped by length, budget {BUDGET} tokens ({n_groups} micro-batches): computed/real {budget / real:.3f}")
     print(f"computed_per_real_tokens: {by_length / real:.3f}")
 
 

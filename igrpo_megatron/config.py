@@ -173,9 +173,34 @@ class IGRPOConfig(Section):
     max_draft_tokens: Optional[int] = opt(
         None, "draft tokens kept in the refinement prompt; null: what rollout.max_prompt_tokens leaves")
     overlap_stages: bool = opt(True, "send a prompt's refinements as soon as its drafts are scored")
+    # Table 1's other baselines (rollout/methods.py; choices: README "Choices the paper leaves open").
+    method: Literal["two_stage", "critique_grpo", "self_verification"] = opt(
+        "two_stage", "how groups are sampled: two_stage (iGRPO; num_drafts=0: GRPO), critique_grpo, self_verification")
+    critique_refinements: int = opt(
+        1, "critique_grpo: k of the group's num_refinements samples are refinements given a critique (7 + 1)")
+    critique_source: Literal["rule", "policy"] = opt(
+        "rule", "critique_grpo: rule (c_GT: the reward and the gold answer) or policy (self-critique)")
+    critique_gamma: float = opt(0.1, "critique_grpo: shaping pi / (pi + gamma) of refinement tokens (paper: 0.1)")
+    verify_buffer_size: int = opt(5000, "self_verification: solutions kept at each refresh (paper: 5,000 Qwen)")
+    verify_refresh_every: Optional[int] = opt(
+        None, "self_verification: steps between buffer refreshes (paper: 60); null: a quarter of the run")
+    verify_prompts_per_step: Optional[int] = opt(
+        None, "self_verification: verification prompts added per step; null: 40 % of prompts_per_step")
 
     def validate(self) -> None:
         _require(self.num_drafts >= 0, "igrpo.num_drafts must be >= 0 (0 is plain GRPO)")
+        _require(self.method == "two_stage" or self.num_drafts == 0,
+                 f"igrpo.method={self.method} samples no drafts; set igrpo.num_drafts=0 and igrpo.num_refinements "
+                 f"to the group size (8 at the paper's budget)")
+        _require(self.method != "critique_grpo" or 1 <= self.critique_refinements <= self.num_refinements - 2,
+                 f"igrpo.critique_refinements={self.critique_refinements} must be in [1, num_refinements - 2]: "
+                 f"the rest of the group ({self.num_refinements}) are initial responses, at least 2 (paper: 7 + 1)")
+        _require(self.critique_gamma > 0, "igrpo.critique_gamma must be > 0 (paper: 0.1)")
+        _require(self.verify_buffer_size >= 1, "igrpo.verify_buffer_size must be >= 1")
+        _require(self.verify_refresh_every is None or self.verify_refresh_every >= 1,
+                 "igrpo.verify_refresh_every must be >= 1 or null (null: a quarter of the run)")
+        _require(self.verify_prompts_per_step is None or self.verify_prompts_per_step >= 0,
+                 "igrpo.verify_prompts_per_step must be >= 0 or null (null: 40 % of train.prompts_per_step)")
         _require(self.num_refinements >= 2,
                  "igrpo.num_refinements must be >= 2: group-relative advantages need a group")
         if self.group_budget is not None:
@@ -213,6 +238,8 @@ class RewardConfig(Section):
     judge_max_retries: int = opt(3, "judge: retries on connection errors, 429 and 5xx, with exponential backoff")
     judge_concurrency: int = opt(16, "judge: requests in flight at once")
     judge_fallback_score: float = opt(0.0, "judge: accuracy when the reply is unusable (counted)")
+    judge_reply_prefix: str = opt(
+        "", "judge: forced start of the reply (vLLM continue_final_message), e.g. SCORE: for a small judge")
 
     def validate(self) -> None:
         _require(self.kind != "judge" or bool(self.judge_url),
@@ -290,8 +317,12 @@ class RolloutConfig(Section):
     nccl_master_port: int = opt(29650, "nccl transport: rendezvous port on the trainer node")
     stale_policy: Literal["refuse", "count"] = opt(
         "refuse", "a sample from older weights: refuse (error) or count it in the metrics")
+    async_steps: int = opt(
+        0, "0: on-policy (paper); 1: step k+1's rollout generates on the previous weights while step k trains")
 
     def validate(self) -> None:
+        _require(self.async_steps in (0, 1),
+                 f"rollout.async_steps={self.async_steps}: give 0 (on-policy) or 1 (one step off-policy)")
         _require(0 < self.temperature,
                  "rollout.temperature must be > 0 (training samples, it does not decode greedily)")
         _require(0 < self.top_p <= 1, "rollout.top_p must be in (0, 1]")

@@ -61,6 +61,12 @@ STEP_FIELDS = (
     "refit_tensors",  # HF tensors sent (the server checks it loaded as many)
 )
 
+# With ``reward.kind: judge`` every record also carries these (metrics.JudgeWatch derives them).
+JUDGE_FIELDS = (
+    "judge_grades_per_s",  # this step's grades / the wall time the judge had a request in flight
+    "judge_unparseable_frac",  # this step's judge replies with no score in [0, 1] (fallback score used)
+)
+
 
 def _mean(xs: Sequence[float]) -> float:
     return float(sum(xs) / len(xs)) if xs else 0.0
@@ -204,8 +210,10 @@ class MetricsLogger:
                 self._tb = SummaryWriter(os.path.join(run_dir, "tensorboard"))
         self._t0 = time.time()
         self.signal = SignalWatch()
+        self.judge = JudgeWatch()
 
     def log(self, record: dict) -> None:
+        self.judge.add_rates(record)
         for warning in self.signal.check(record):
             print(f"WARNING: {warning}", file=self._stream, flush=True)
         self._file.write(json.dumps(record, sort_keys=True) + "\n")
@@ -259,6 +267,8 @@ def progress_line(r: dict) -> str:
     parts.append(f"ent {r.get('entropy', 0):.3f} kl {r.get('kl', 0):.2e} clip {r.get('clip_frac', 0):.3f}")
     parts.append(f"len {r.get('response_len_mean', 0):.0f}")
     parts.append(f"{r.get('time_step_s', 0):.1f}s ({r.get('tokens_per_s', 0):.0f} tok/s) v{r.get('weight_version', -1)}")
+    if "judge_grades_per_s" in r:
+        parts.append(f"judge {r['judge_grades_per_s']:.1f} grades/s unparseable {r['judge_unparseable_frac']:.2f}")
     if r.get("no_signal"):
         parts.append("NO SIGNAL (all groups zero-variance)")
     return " | ".join(parts)
@@ -304,6 +314,28 @@ class SignalWatch:
         new = [text for key, text in found.items() if key not in self.warned]
         self.warned.update(found)
         return new
+
+
+class JudgeWatch:
+    """The judge's figures of one step, from the reward's cumulative counters in the record
+    (``reward_items``, ``reward_busy_s``, ...): the difference to the previous step's.
+
+    Counters start at 0 when the reward is built, so a resumed run's first step diffs against 0,
+    which is right. A record without ``reward_busy_s`` (math-verify) is left as it is.
+    """
+
+    def __init__(self):
+        self._last: dict[str, float] = {}
+
+    def add_rates(self, record: dict) -> None:
+        if "reward_busy_s" not in record:
+            return
+        keys = ("reward_items", "reward_busy_s", "reward_unparseable", "reward_request_failures")
+        d = {k: record[k] - self._last.get(k, 0) for k in keys}
+        self._last = {k: record[k] for k in keys}
+        replies = d["reward_items"] - d["reward_request_failures"]
+        record["judge_grades_per_s"] = d["reward_items"] / d["reward_busy_s"] if d["reward_busy_s"] > 0 else 0.0
+        record["judge_unparseable_frac"] = d["reward_unparseable"] / replies if replies > 0 else 0.0
 
 
 def read_metrics(run_dir: str) -> list[dict]:

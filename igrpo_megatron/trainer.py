@@ -7,7 +7,8 @@ One step::
             -> old (and reference) logprobs from Megatron -> policy update on stage-2 tokens only
             -> refit the rollout server -> metrics -> checkpoint
 
-The trainer owns no math and no plumbing: the two stages are ``rollout.two_stage``, the servers,
+The trainer owns no math and no plumbing: the step's sampling is ``rollout.methods`` (the two
+stages of ``rollout.two_stage``, or a Table 1 baseline, as ``igrpo.method`` says), the servers,
 client, refitter and reward pool ``rollout.connect``, rows and data-parallel shards ``batch``,
 the loss ``algorithms``, the model ``models``, the record ``metrics``, the save schedule
 ``checkpoint.Checkpointer``.
@@ -36,9 +37,10 @@ from igrpo_megatron.metrics import MetricsLogger, Stopwatch, mean_over_updates, 
 from igrpo_megatron.models import Policy, broadcast_object, initialize_parallel, load_hf_config
 from igrpo_megatron.models.policy import needs_old_logprobs, optimizer_steps
 from igrpo_megatron.models.provider import check_layout
-from igrpo_megatron.rollout import RefitStats, RolloutConnection, SamplingParams, connect
+from igrpo_megatron.rollout import RefitStats, RolloutConnection, SamplingParams, connect, make_method
+from igrpo_megatron.rollout.pipeline import RolloutPipeline, check_lag
 from igrpo_megatron.rollout.samples import SampleLog
-from igrpo_megatron.rollout.two_stage import TokenizedPrompt, TwoStageRollout
+from igrpo_megatron.rollout.two_stage import TokenizedPrompt
 from igrpo_megatron.weights import export_hf_weights
 from igrpo_megatron.weights.hub import resolve_on_node
 
@@ -71,7 +73,10 @@ class Trainer:
         # The reference is the starting model (paper): hf_path, also after a resume.
         self.reference = Policy(cfg, self.hf_cfg, frozen=True) if cfg.loss.kl_beta > 0 else None
         self.step_idx = self.weight_version = 0
-        self.checkpointer = Checkpointer(cfg, self.policy, self.prompts, lambda: self.weight_version)
+        self.rollouts = RolloutPipeline(cfg.rollout.async_steps, self.next_prompts,
+                                        self._generate if self.is_driver else None)
+        self.checkpointer = Checkpointer(cfg, self.policy, self.prompts, lambda: self.weight_version,
+                                         method_state=lambda: self.rollout.state_dict(), rollouts=self.rollouts)
         resumed = self.checkpointer.resume()
         if resumed is not None:
             self.step_idx, self.weight_version = resumed.step, resumed.weight_version
@@ -83,9 +88,11 @@ class Trainer:
             if self.is_driver:
                 self._start_run_dir()
             self.conn = connect(cfg, cfg.train.output_dir, is_driver=self.is_driver)
-            if self.is_driver:
-                self.rollout = TwoStageRollout(cfg, self.conn.client, SamplingParams.from_config(cfg.rollout),
-                                               self.conn.reward, self.tokenizer)
+            # igrpo.method (rollout/methods.py); on every rank, since a method may hold training state
+            self.rollout = make_method(cfg, self.conn.client, SamplingParams.from_config(cfg.rollout),
+                                       self.conn.reward, self.tokenizer, total_steps=self.total_steps)
+            if resumed is not None:
+                self.rollout.load_state_dict(resumed.method_state)
             self.refit()  # the server started from hf_path; from here on it serves the policy's weights
         except BaseException:
             self.close()
@@ -101,6 +108,7 @@ class Trainer:
         self.samples = SampleLog(t.output_dir, self.tokenizer, t.samples_fraction, t.samples_token_ids, t.seed)
 
     def close(self) -> None:
+        self.rollouts.close(self.conn.loop if self.conn is not None else None)
         if self.conn is not None:
             self.conn.close()
         if self.logger is not None:
@@ -122,6 +130,10 @@ class Trainer:
             return []
         return [TokenizedPrompt(e.id, e.question, e.answer, self.prompt_ids[e.id]) for e in examples]
 
+    def _generate(self, prompts: list[TokenizedPrompt]) -> list:
+        """Both stages of ``prompts`` on the server's current weights (rank 0; ``rollout.pipeline`` calls it)."""
+        return self.conn.loop.run_until_complete(self.rollout.run(prompts))
+
     def refit(self) -> Optional[RefitStats]:
         """Push the policy's weights to the rollout server as ``weight_version`` (collective);
         the refitter's figures on rank 0, ``None`` elsewhere."""
@@ -134,7 +146,7 @@ class Trainer:
         """The clipped policy-gradient loss of one micro-batch (``algorithms.losses.policy_loss``)."""
         return policy_loss(logprobs, micro.old_logprobs, micro.advantages, micro.response_mask, self.cfg.loss,
                            ref_logprobs=micro.ref_logprobs, rollout_logprobs=micro.rollout_logprobs,
-                           entropy=entropy, **denominators)
+                           entropy=entropy, shaping_gamma=micro.shaping_gamma, **denominators)
 
     def update(self, batch: TrainBatch, watch: Stopwatch) -> dict:
         """Old (only with several updates per batch, ``needs_old_logprobs``) and reference logprobs,
@@ -157,16 +169,18 @@ class Trainer:
     def step(self) -> dict:
         """One iteration; returns its metrics record (complete on rank 0, which logs it)."""
         watch = Stopwatch(PHASES)
-        prompts = self.next_prompts()
-        groups = None
-        if self.is_driver:
-            with watch("rollout"):
-                groups = self.conn.loop.run_until_complete(self.rollout.run(prompts))
+        with watch("rollout"):
+            groups = self.rollouts.take(more_steps=self.step_idx + 1 < self.total_steps)
+            if self.is_driver:
+                check_lag(groups, self.weight_version, self.cfg.rollout.async_steps, self.conn.client)
         groups = broadcast_object(groups)
+        self.rollout.observe(groups)
         batch, batch_info = build_train_batch(groups, self.cfg, self.pad_id)
         train_metrics = self.update(batch, watch) if len(batch) else {}
         self.step_idx += 1
         self.weight_version += 1
+        with watch("rollout"):
+            self.rollouts.wait()  # the next step's rollout ends on the weights it started on
         with watch("refit"):
             refit_stats = self.refit()
         record = {"step": self.step_idx, "weight_version": self.weight_version,

@@ -10,6 +10,7 @@ from igrpo_megatron.config import Config, ConfigError, EvalConfig
 from igrpo_megatron.eval import BENCHMARKS
 from igrpo_megatron.registry import Registry
 from igrpo_megatron.rewards import REWARDS
+from igrpo_megatron.rollout import METHODS
 from igrpo_megatron.rollout.refit import TRANSPORTS
 
 REGISTRIES = {
@@ -18,13 +19,14 @@ REGISTRIES = {
     "loss.kl_estimator": KL_ESTIMATORS,
     "reward.kind": REWARDS,
     "rollout.refit_transport": TRANSPORTS,
+    "igrpo.method": METHODS,
 }
 # Choices that are a switch inside one function or a value handed to Megatron / TE / vLLM as is:
 # no implementations to register.
 SWITCHES = {
     "model.dtype", "model.fp8", "model.fp8_recipe", "model.fp8_amax_compute_algo", "model.transformer_impl",
     "loss.ratio_level", "data.preset", "rollout.dtype", "rollout.refit_pause_mode", "rollout.stale_policy",
-    "eval.system_prompt", "reward.think_prefilled",
+    "eval.system_prompt", "reward.think_prefilled", "igrpo.critique_source",
 }
 
 

@@ -4,6 +4,7 @@ import asyncio
 import json
 import math
 import os
+import pathlib
 
 import pytest
 import torch
@@ -13,6 +14,9 @@ from igrpo_megatron.batch import build_train_batch, pack_rows, shard_for_data_pa
 from igrpo_megatron.metrics import mean_over_updates, read_metrics, rollout_metrics, train_record
 from igrpo_megatron.rollout.client import Sample
 from igrpo_megatron.rollout.two_stage import PromptRollout, TokenizedPrompt, TwoStageRollout
+
+# Recorded runs of the CPU demo, GRPO and iGRPO (its first steps, metrics.jsonl only).
+PLOT_RUNS = pathlib.Path(__file__).parent / "data" / "demo_runs"
 
 
 def _group(index, drafts_acc, best, acc, prompt_len=3, resp_len=2):
@@ -130,6 +134,36 @@ def test_plot_writes_pngs(tmp_path):
         assert path.stat().st_size > 1000
         assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     assert main([str(tmp_path / "missing")]) == 2
+
+
+def test_plot_overlays_a_grpo_and_an_igrpo_run(tmp_path):
+    """Two recorded demo runs (the first steps of each): one colour per run in every figure, the
+    curves are the files' figures, and a GRPO run gets no draft or transition curves."""
+    from igrpo_megatron.cli.plot import FIGURES, figure_lines, main
+
+    runs = {name: str(PLOT_RUNS / name) for name in ("grpo", "igrpo")}
+    data = {name: read_metrics(path) for name, path in runs.items()}
+    figures = figure_lines(data)
+    assert list(figures) == list(FIGURES)
+    labels = {name: [line.label for line in lines] for name, lines in figures.items()}
+    assert labels["reward"] == labels["entropy"] == labels["response_length"] == ["grpo", "igrpo"]
+    assert labels["accuracy"] == ["grpo: samples", "igrpo: refinements", "igrpo: drafts",
+                                  "igrpo: best draft"]
+    assert labels["transitions"] == ["igrpo: wrong -> right", "igrpo: right -> wrong"]
+    colours = {line.label.split(":")[0]: set() for lines in figures.values() for line in lines}
+    for lines in figures.values():
+        for line in lines:
+            colours[line.label.split(":")[0]].add(line.colour)
+    assert colours == {"grpo": {"C0"}, "igrpo": {"C1"}}
+    grpo_reward, igrpo_reward = figures["reward"]
+    assert grpo_reward.values == [r["reward_mean"] for r in data["grpo"]] and len(set(grpo_reward.values)) > 1
+    assert igrpo_reward.steps == [r["step"] for r in data["igrpo"]]
+
+    out = tmp_path / "overlay"
+    assert main([f"grpo={runs['grpo']}", runs["igrpo"], "--out", str(out)]) == 0
+    for name in FIGURES:
+        assert open(out / f"{name}.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert main([runs["grpo"], f"grpo={runs['igrpo']}"]) == 2  # two runs named grpo
 
 
 def test_metrics_logger_writes_jsonl_tensorboard_and_a_progress_line(tmp_path):

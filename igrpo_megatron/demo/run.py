@@ -132,24 +132,33 @@ def warm_up(trainer, steps: int, batch_size: int, seed: int) -> None:
 def task_accuracy(trainer, num_prompts: int, samples: int, seed: int) -> float:
     """Single-shot accuracy (plain prompts) on ``num_prompts`` synthetic questions drawn with
     ``seed``, ``samples`` each, via the rollout server."""
+    from igrpo_megatron.data.synthetic import synthetic_examples
+
+    d = trainer.cfg.data
+    items = synthetic_examples(num_prompts, seed, d.synthetic_max_operand, d.synthetic_ops, d.synthetic_num_operands)
+    return accuracy_on(trainer, [(e.question, e.answer) for e in items], samples)
+
+
+def accuracy_on(trainer, items: list[tuple[str, str]], samples: int) -> float:
+    """Single-shot accuracy on ``(question, answer)`` pairs, ``samples`` each, via the rollout
+    server, with the run's stage-1 prompt (``data.system_prompt`` / ``data.user_suffix``); NaN off
+    the driver."""
     from igrpo_megatron.algorithms.igrpo import build_prompt_messages
     from igrpo_megatron.data.chat import format_prompt
-    from igrpo_megatron.data.synthetic import synthetic_examples
 
     if not trainer.is_driver:
         return float("nan")
     d = trainer.cfg.data
-    items = synthetic_examples(num_prompts, seed, d.synthetic_max_operand, d.synthetic_ops, d.synthetic_num_operands)
 
     async def run():
         jobs = []
-        for item in items:
-            ids = format_prompt(trainer.tokenizer, build_prompt_messages(item.question))
-            jobs.append(trainer.rollout.sample_and_score(ids, samples, item.question, item.answer))
+        for question, answer in items:
+            ids = format_prompt(trainer.tokenizer, build_prompt_messages(question, d.system_prompt, d.user_suffix))
+            jobs.append(trainer.rollout.sample_and_score(ids, samples, question, answer))
         return await asyncio.gather(*jobs)
 
     results = trainer.conn.loop.run_until_complete(run())
-    accuracy = [a for _, _, acc in results for a in acc]
+    accuracy = [a for _, _, acc, _ in results for a in acc]
     return sum(accuracy) / len(accuracy)
 
 

@@ -1,18 +1,27 @@
 """Generative judge reward: an LLM behind any OpenAI-compatible /v1/chat/completions endpoint
 scores each solution in [0, 1] against the reference answer (the paper's judge ablation).
 
-The text under judgement is written by the policy being trained, so it is fenced: problem,
-reference and solution sit inside tags the judge is told to treat as data, and any copy of those
-tags inside the texts is defused first, so a draft cannot close its fence and address the judge.
+The text under judgement is written by the policy being trained, which is rewarded for whatever
+raises its grade, so the prompt is built to be hard to talk to (:func:`defuse`): problem,
+reference and solution sit inside tags the judge is told to treat as data; inside the texts any
+copy of those tags, any chat-template control token (``<|im_start|>``, ``<|eot_id|>``, ``[INST]``:
+a server renders the messages through the template, so a literal one would open a new turn) and
+any line in the reply's own ``SCORE: x`` format is defused first, so a draft can neither close
+its fence, nor speak as another role, nor hand the judge a grade to copy. The grade is read from
+the LAST ``SCORE:`` of the reply (a judge quoting the solution first does not count).
 Every way the judge can fail (no connection, 5xx, a reply without a score, a score outside
-[0, 1]) gives ``judge_fallback_score`` and is counted; nothing raises into the trainer.
+[0, 1]) gives ``judge_fallback_score`` and is counted; nothing raises into the trainer. The
+counters also hold the judge's busy time (wall seconds with a request in flight), from which the
+step record derives grades per second (``metrics.JudgeWatch``).
 """
 from __future__ import annotations
 
 import asyncio
 import os
 import re
-from typing import Optional, Sequence
+import time
+from contextlib import contextmanager
+from typing import Iterator, Optional, Sequence
 
 import aiohttp
 
@@ -24,6 +33,11 @@ from igrpo_megatron.rollout.retry import RETRY_STATUSES, backoff_s, transient_er
 FENCES = ("judge_problem", "judge_reference_answer", "judge_solution")
 _FENCE_TAG_RE = re.compile(r"<\s*/?\s*(?:%s)\s*>" % "|".join(FENCES), re.IGNORECASE)
 _SCORE_RE = re.compile(r"score\s*[:=]\s*\**\s*([-+]?\d*\.?\d+)", re.IGNORECASE)
+# Control tokens of the common chat templates: ChatML and Llama-3 <|...|>, DeepSeek's full-width
+# <｜...｜>, Llama-2 / Mistral [INST], <<SYS>>, <s>, </s>.
+_CONTROL_TOKEN_RE = re.compile(r"<\|[^|<>\n]{0,40}\|>|<｜[^｜<>\n]{0,40}｜>|\[/?INST\]|<</?SYS>>|</?s>", re.IGNORECASE)
+_DEFUSED = ((_FENCE_TAG_RE, "[fence tag removed]"), (_CONTROL_TOKEN_RE, "[control token removed]"),
+            (re.compile(r"score\s*\**\s*[:=]", re.IGNORECASE), "[grade format removed]"))
 
 JUDGE_SYSTEM_PROMPT = (
     "You grade solutions to math problems. The user message contains three fenced blocks: "
@@ -37,8 +51,11 @@ JUDGE_SYSTEM_PROMPT = (
 
 
 def defuse(text: str) -> str:
-    """Replace any fence tag inside ``text`` by a marker that cannot recombine into a tag."""
-    return _FENCE_TAG_RE.sub("[fence tag removed]", text)
+    """``text`` with every fence tag, chat control token and ``SCORE:`` replaced by a marker (the
+    markers hold none of ``<|>:=``, so no replacement can join its neighbours into a new match)."""
+    for pattern, marker in _DEFUSED:
+        text = pattern.sub(marker, text)
+    return text
 
 
 def judge_messages(question: str, gold: str, completion: str) -> list[dict]:
@@ -68,19 +85,24 @@ class _RequestFailed(Exception):
 
 
 class JudgeReward:
-    """Scores completions with a generative judge. Counters: items, errors (unusable replies),
-    request_failures (gave up after retries), retries."""
+    """Scores completions with a generative judge. Counters: items, errors (fell back to
+    ``judge_fallback_score``), unparseable (a reply came but held no score in [0, 1]),
+    request_failures (gave up after retries), retries, busy_s (wall time with a request in flight)."""
 
-    def __init__(self, cfg: RewardConfig):
+    def __init__(self, cfg: RewardConfig, build_messages=None):
+        """``build_messages(question, gold, completion)`` defaults to :func:`judge_messages`; the
+        injection benchmark passes an undefended prompt as its control."""
         if not cfg.judge_url or not cfg.judge_model:
             raise ConfigError("reward.kind=judge needs reward.judge_url (base URL of an OpenAI-compatible "
                               "server) and reward.judge_model (the model name it serves)")
         self.cfg = cfg
+        self.build_messages = build_messages or judge_messages
         base = cfg.judge_url.rstrip("/")
         self.endpoint = base + ("/chat/completions" if base.endswith("/v1") else "/v1/chat/completions")
         key = os.environ.get(cfg.judge_api_key_env)
         self._headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self._counts = {"items": 0, "errors": 0, "request_failures": 0, "retries": 0}
+        self._counts = {"items": 0, "errors": 0, "unparseable": 0, "request_failures": 0, "retries": 0}
+        self._busy_s, self._in_flight, self._busy_since = 0.0, 0, 0.0
 
     def score(self, items: Sequence) -> list[RewardResult]:
         try:
@@ -97,8 +119,22 @@ class JudgeReward:
         async with aiohttp.ClientSession(timeout=timeout, headers=self._headers) as session:
             return list(await asyncio.gather(*(self._score_one(session, limit, it) for it in as_items(items))))
 
-    def counters(self) -> dict[str, int]:
-        return dict(self._counts)
+    def counters(self) -> dict[str, float]:
+        return {**self._counts, "busy_s": self._busy_s}
+
+    @contextmanager
+    def _busy(self) -> Iterator[None]:
+        """Adds to ``busy_s`` the time during which at least one request is in flight (the union of
+        the requests' intervals: concurrent requests are not counted twice)."""
+        if self._in_flight == 0:
+            self._busy_since = time.perf_counter()
+        self._in_flight += 1
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._busy_s += time.perf_counter() - self._busy_since
 
     def close(self) -> None:
         pass  # sessions live only inside score_async
@@ -116,9 +152,11 @@ class JudgeReward:
         error = None
         try:
             async with limit:
-                reply = await self._ask(session, judge_messages(item.question, item.gold, item.completion))
+                with self._busy():
+                    reply = await self._ask(session, self.build_messages(item.question, item.gold, item.completion))
             score = parse_score(reply)
             if score is None:
+                self._counts["unparseable"] += 1
                 error = f"judge reply has no score in [0, 1]: {reply[-200:]!r}"
         except _RequestFailed as e:
             self._counts["request_failures"] += 1
@@ -132,6 +170,10 @@ class JudgeReward:
         """The judge's reply text; transient failures (``rollout/retry.py``) are retried with backoff."""
         body = {"model": self.cfg.judge_model, "messages": messages,
                 "max_tokens": self.cfg.judge_max_tokens, "temperature": 0.0}
+        prefix = self.cfg.judge_reply_prefix
+        if prefix:  # the reply continues an assistant turn that already holds the prefix (a vLLM extension)
+            body.update(messages=[*messages, {"role": "assistant", "content": prefix}],
+                        add_generation_prompt=False, continue_final_message=True)
         last = ""
         for attempt in range(self.cfg.judge_max_retries + 1):
             if attempt:
@@ -152,7 +194,7 @@ class JudgeReward:
             except ValueError as e:  # not JSON
                 raise _RequestFailed(f"judge {self.endpoint} sent a body that is not JSON: {e}") from e
             try:
-                return data["choices"][0]["message"]["content"] or ""
+                return prefix + (data["choices"][0]["message"]["content"] or "")
             except (KeyError, IndexError, TypeError):
                 return ""  # no reply text: parse_score gives None, counted as an unusable reply
         raise _RequestFailed(f"judge {self.endpoint} failed after {self.cfg.judge_max_retries} retries: {last}")

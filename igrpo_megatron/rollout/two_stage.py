@@ -19,9 +19,7 @@ from typing import Sequence
 import torch
 
 from igrpo_megatron.algorithms.igrpo import refinement_prompt_ids, select_best_drafts
-from igrpo_megatron.config import Config
-from igrpo_megatron.data.chat import render
-from igrpo_megatron.rewards.base import RewardItem
+from igrpo_megatron.rollout.methods import METHODS, RolloutMethod
 
 
 @dataclass
@@ -59,32 +57,25 @@ class PromptRollout:
     draft_format: list[float] = field(default_factory=list)
     best_draft: int = -1
     weight_version: int = -1
+    # Critique-GRPO: indices of the responses sampled under a critique prompt but trained under
+    # ``prompt_ids`` (the question) with the shaping pi / (pi + gamma) (algorithms/baselines.py).
+    shaped: list[int] = field(default_factory=list)
+
+    @classmethod
+    def from_samples(cls, p: TokenizedPrompt, prompt_ids: Sequence[int], scored, **extra) -> "PromptRollout":
+        """The record of ``scored = (samples, rewards, accuracy, format)`` of ``p``, trained under ``prompt_ids``."""
+        samples, rewards, accuracy, fmt = scored
+        return cls(id=p.id, question=p.question, answer=p.answer, prompt_ids=list(prompt_ids),
+                   response_ids=[list(s.token_ids) for s in samples],
+                   response_logprobs=[list(s.logprobs) for s in samples],
+                   rewards=rewards, accuracy=accuracy, truncated=[s.finish_reason == "length" for s in samples],
+                   format_scores=fmt, finish_reasons=[str(s.finish_reason) for s in samples],
+                   weight_version=min(s.weight_version for s in samples), **extra)
 
 
-class TwoStageRollout:
-    """Stage 1 and stage 2 of one step against the rollout server, on rank 0's event loop.
-
-    ``client.generate(prompt_ids, n, ...)`` returns samples with ``token_ids``, ``logprobs``,
-    ``finish_reason`` and ``weight_version``; ``reward.score_async(items)`` scores in the reward
-    pool, off the event loop, so scoring one prompt's drafts does not stall the decoding of the others.
-    """
-
-    def __init__(self, cfg: Config, client, params, reward, tokenizer):
-        self.cfg, self.client, self.params, self.reward, self.tokenizer = cfg, client, params, reward, tokenizer
-
-    def render(self, messages) -> str:
-        return render(self.tokenizer, messages)
-
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False)
-
-    async def sample_and_score(self, prompt_ids: list[int], n: int, question: str, answer: str):
-        """``n`` samples of one prompt and their ``(samples, rewards, accuracy, format)``."""
-        samples = await self.client.generate(prompt_ids, n=n, params=self.params)
-        items = [RewardItem(self.tokenizer.decode(s.token_ids, skip_special_tokens=True), answer, question)
-                 for s in samples]
-        results = await self.reward.score_async(items)
-        return samples, [r.total for r in results], [r.accuracy for r in results], [r.format for r in results]
+@METHODS.register("two_stage")
+class TwoStageRollout(RolloutMethod):
+    """Stage 1 and stage 2 of one step against the rollout server, on rank 0's event loop."""
 
     async def drafts(self, p: TokenizedPrompt):
         """Stage 1: N drafts of ``p``, scored; ``None`` for GRPO."""
@@ -99,9 +90,7 @@ class TwoStageRollout:
         if drafts is not None:
             samples, rewards, accuracy, fmt = drafts
             best = int(select_best_drafts(torch.tensor([rewards]), torch.tensor([accuracy]))[0][0])
-            draft = list(samples[best].token_ids)
-            if draft and draft[-1] == self.tokenizer.eos_token_id:  # the draft's end-of-turn is not quoted
-                draft.pop()
+            draft = self.strip_eos(samples[best].token_ids)  # the draft's end-of-turn is not quoted
             prompt_ids = refinement_prompt_ids(
                 p.question + self.cfg.data.user_suffix, draft, system_prompt=self.cfg.data.system_prompt,
                 render=self.render, encode=self.encode,
@@ -109,15 +98,8 @@ class TwoStageRollout:
                 max_draft_tokens=self.cfg.igrpo.max_draft_tokens)
             out = dict(draft_ids=[list(s.token_ids) for s in samples], draft_rewards=rewards,
                        draft_accuracy=accuracy, draft_format=fmt, best_draft=best)
-        samples, rewards, accuracy, fmt = await self.sample_and_score(prompt_ids, self.cfg.igrpo.num_refinements,
-                                                                   p.question, p.answer)
-        return PromptRollout(
-            id=p.id, question=p.question, answer=p.answer, prompt_ids=list(prompt_ids),
-            response_ids=[list(s.token_ids) for s in samples],
-            response_logprobs=[list(s.logprobs) for s in samples],
-            rewards=rewards, accuracy=accuracy, truncated=[s.finish_reason == "length" for s in samples],
-            format_scores=fmt, finish_reasons=[str(s.finish_reason) for s in samples],
-            weight_version=min(s.weight_version for s in samples), **out)
+        scored = await self.sample_and_score(prompt_ids, self.cfg.igrpo.num_refinements, p.question, p.answer)
+        return PromptRollout.from_samples(p, prompt_ids, scored, **out)
 
     async def _one_prompt(self, p: TokenizedPrompt) -> PromptRollout:
         return await self.refinements(p, await self.drafts(p))
