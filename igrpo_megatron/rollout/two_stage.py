@@ -13,12 +13,15 @@ a :class:`TokenizedPrompt` (ready for the server), each sampled completion is sc
 from __future__ import annotations
 
 import asyncio
+import zlib
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
 
-from igrpo_megatron.algorithms.igrpo import refinement_prompt_ids, select_best_drafts
+from igrpo_megatron.algorithms.draft_selection import select_drafts
+from igrpo_megatron.algorithms.igrpo import refinement_prompt_ids
+from igrpo_megatron.algorithms.shaping import soft_overlong_penalty
 from igrpo_megatron.config import Config
 from igrpo_megatron.data.chat import render
 from igrpo_megatron.rewards.base import RewardItem
@@ -57,7 +60,7 @@ class PromptRollout:
     draft_rewards: list[float] = field(default_factory=list)
     draft_accuracy: list[float] = field(default_factory=list)
     draft_format: list[float] = field(default_factory=list)
-    best_draft: int = -1
+    best_draft: int = -1  # the draft stage 2 refined (igrpo.draft_selection; the best by default)
     weight_version: int = -1
 
 
@@ -79,12 +82,27 @@ class TwoStageRollout:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
     async def sample_and_score(self, prompt_ids: list[int], n: int, question: str, answer: str):
-        """``n`` samples of one prompt and their ``(samples, rewards, accuracy, format)``."""
+        """``n`` samples of one prompt and their ``(samples, rewards, accuracy, format)``; with
+        ``reward.overlong_cache_tokens`` the rewards include DAPO's length penalty (both stages)."""
         samples = await self.client.generate(prompt_ids, n=n, params=self.params)
         items = [RewardItem(self.tokenizer.decode(s.token_ids, skip_special_tokens=True), answer, question)
                  for s in samples]
         results = await self.reward.score_async(items)
-        return samples, [r.total for r in results], [r.accuracy for r in results], [r.format for r in results]
+        rewards = [r.total for r in results]
+        rc = self.cfg.reward
+        if rc.overlong_cache_tokens is not None:
+            lengths = torch.tensor([len(s.token_ids) for s in samples])
+            penalty = soft_overlong_penalty(lengths, rc.overlong_cap(self.cfg.rollout.max_tokens),
+                                            rc.overlong_cache_tokens)
+            rewards = [x + float(p) for x, p in zip(rewards, penalty)]
+        return samples, rewards, [r.accuracy for r in results], [r.format for r in results]
+
+    def choose_draft(self, p: TokenizedPrompt, rewards, accuracy, fmt, weight_version: int) -> int:
+        """The draft ``igrpo.draft_selection`` picks; ``random`` is seeded by the run's seed, the
+        prompt and the weight version, so a resumed run picks the same."""
+        seed = zlib.crc32(f"{self.cfg.train.seed}:{p.id}:{weight_version}".encode())
+        return int(select_drafts(self.cfg.igrpo.draft_selection, torch.tensor([rewards]), torch.tensor([accuracy]),
+                                 torch.tensor([fmt]), torch.Generator().manual_seed(seed))[0])
 
     async def drafts(self, p: TokenizedPrompt):
         """Stage 1: N drafts of ``p``, scored; ``None`` for GRPO."""
@@ -98,7 +116,7 @@ class TwoStageRollout:
         prompt_ids = p.prompt_ids
         if drafts is not None:
             samples, rewards, accuracy, fmt = drafts
-            best = int(select_best_drafts(torch.tensor([rewards]), torch.tensor([accuracy]))[0][0])
+            best = self.choose_draft(p, rewards, accuracy, fmt, min(s.weight_version for s in samples))
             draft = list(samples[best].token_ids)
             if draft and draft[-1] == self.tokenizer.eos_token_id:  # the draft's end-of-turn is not quoted
                 draft.pop()
