@@ -31,6 +31,7 @@ class TrainBatch:
     old_logprobs: Optional[torch.Tensor] = None  # [B, T] from the policy before this update
     ref_logprobs: Optional[torch.Tensor] = None  # [B, T] from the frozen reference (kl_beta > 0)
     rollout_logprobs: Optional[torch.Tensor] = None  # [B, T] as reported by vLLM (for TIS / mismatch)
+    shaping_gamma: Optional[torch.Tensor] = None  # [B] Critique-GRPO: gamma > 0 on refinement rows, else 0
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
@@ -80,12 +81,15 @@ def build_train_batch(groups: Sequence["PromptRollout"], cfg: "Config", pad_id: 
         return pack_rows([], [], torch.zeros(0), pad_id), {"advantage_abs_mean": 0.0}
     rewards = torch.tensor([g.rewards for g in groups], dtype=torch.float32)
     advantages = compute_advantages(rewards, cfg.loss.advantage)
-    rows = [(g.prompt_ids, resp, lps, float(a))
+    rows = [(g.prompt_ids, resp, lps, float(a), cfg.igrpo.critique_gamma if i in g.shaped else 0.0)
             for g, adv in zip(groups, advantages)
-            for resp, lps, a in zip(g.response_ids, g.response_logprobs, adv)]
+            for i, (resp, lps, a) in enumerate(zip(g.response_ids, g.response_logprobs, adv))]
     info = {"advantage_abs_mean": float(advantages.abs().mean())}
-    prompts, responses, logprobs, adv = (list(col) for col in zip(*rows)) if rows else ([], [], [], [])
-    return pack_rows(prompts, responses, torch.tensor(adv, dtype=torch.float32), pad_id, logprobs), info
+    prompts, responses, logprobs, adv, gamma = (list(col) for col in zip(*rows)) if rows else ([],) * 5
+    batch = pack_rows(prompts, responses, torch.tensor(adv, dtype=torch.float32), pad_id, logprobs)
+    if any(g.shaped for g in groups):
+        batch.shaping_gamma = torch.tensor(gamma, dtype=torch.float32)
+    return batch, info
 
 
 def shard_for_data_parallel(batch: TrainBatch, dp_rank: int, dp_size: int, micro_batch_size: int,
@@ -104,8 +108,9 @@ def shard_for_data_parallel(batch: TrainBatch, dp_rank: int, dp_size: int, micro
             tokens=torch.full((extra, width), pad_id, dtype=batch.tokens.dtype),
             response_mask=torch.zeros(extra, width),
             advantages=torch.zeros(extra),
-            rollout_logprobs=None if batch.rollout_logprobs is None else torch.zeros(extra, width))
+            rollout_logprobs=None if batch.rollout_logprobs is None else torch.zeros(extra, width),
+            shaping_gamma=None if batch.shaping_gamma is None else torch.zeros(extra))
         batch = TrainBatch(**{k: None if getattr(batch, k) is None else torch.cat([getattr(batch, k), getattr(filler, k)])
-                              for k in ("tokens", "response_mask", "advantages", "rollout_logprobs")})
+                              for k in ("tokens", "response_mask", "advantages", "rollout_logprobs", "shaping_gamma")})
     per_rank = padded // dp_size
     return batch.select(slice(dp_rank * per_rank, (dp_rank + 1) * per_rank))

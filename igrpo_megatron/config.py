@@ -179,9 +179,34 @@ class IGRPOConfig(Section):
     overlap_stages: bool = opt(True, "send a prompt's refinements as soon as its drafts are scored")
     draft_selection: Literal["best", "random", "worst_formatted"] = opt(
         "best", "the draft stage 2 refines: best reward (paper), random, or the worst with format reward 1")
+    # Table 1's other baselines (rollout/methods.py; choices: README "Choices the paper leaves open").
+    method: Literal["two_stage", "critique_grpo", "self_verification"] = opt(
+        "two_stage", "how groups are sampled: two_stage (iGRPO; num_drafts=0: GRPO), critique_grpo, self_verification")
+    critique_refinements: int = opt(
+        1, "critique_grpo: k of the group's num_refinements samples are refinements given a critique (7 + 1)")
+    critique_source: Literal["rule", "policy"] = opt(
+        "rule", "critique_grpo: rule (c_GT: the reward and the gold answer) or policy (self-critique)")
+    critique_gamma: float = opt(0.1, "critique_grpo: shaping pi / (pi + gamma) of refinement tokens (paper: 0.1)")
+    verify_buffer_size: int = opt(5000, "self_verification: solutions kept at each refresh (paper: 5,000 Qwen)")
+    verify_refresh_every: Optional[int] = opt(
+        None, "self_verification: steps between buffer refreshes (paper: 60); null: a quarter of the run")
+    verify_prompts_per_step: Optional[int] = opt(
+        None, "self_verification: verification prompts added per step; null: 40 % of prompts_per_step")
 
     def validate(self) -> None:
         _require(self.num_drafts >= 0, "igrpo.num_drafts must be >= 0 (0 is plain GRPO)")
+        _require(self.method == "two_stage" or self.num_drafts == 0,
+                 f"igrpo.method={self.method} samples no drafts; set igrpo.num_drafts=0 and igrpo.num_refinements "
+                 f"to the group size (8 at the paper's budget)")
+        _require(self.method != "critique_grpo" or 1 <= self.critique_refinements <= self.num_refinements - 2,
+                 f"igrpo.critique_refinements={self.critique_refinements} must be in [1, num_refinements - 2]: "
+                 f"the rest of the group ({self.num_refinements}) are initial responses, at least 2 (paper: 7 + 1)")
+        _require(self.critique_gamma > 0, "igrpo.critique_gamma must be > 0 (paper: 0.1)")
+        _require(self.verify_buffer_size >= 1, "igrpo.verify_buffer_size must be >= 1")
+        _require(self.verify_refresh_every is None or self.verify_refresh_every >= 1,
+                 "igrpo.verify_refresh_every must be >= 1 or null (null: a quarter of the run)")
+        _require(self.verify_prompts_per_step is None or self.verify_prompts_per_step >= 0,
+                 "igrpo.verify_prompts_per_step must be >= 0 or null (null: 40 % of train.prompts_per_step)")
         _require(self.num_refinements >= 2,
                  "igrpo.num_refinements must be >= 2: group-relative advantages need a group")
         if self.group_budget is not None:

@@ -7,7 +7,8 @@ One step::
             -> old (and reference) logprobs from Megatron -> policy update on stage-2 tokens only
             -> refit the rollout server -> metrics -> checkpoint
 
-The trainer owns no math and no plumbing: the two stages are ``rollout.two_stage``, the servers,
+The trainer owns no math and no plumbing: the step's sampling is ``rollout.methods`` (the two
+stages of ``rollout.two_stage``, or a Table 1 baseline, as ``igrpo.method`` says), the servers,
 client, refitter and reward pool ``rollout.connect``, rows and data-parallel shards ``batch``,
 the loss ``algorithms``, the model ``models``, the record ``metrics``, the save schedule
 ``checkpoint.Checkpointer``.
@@ -36,10 +37,10 @@ from igrpo_megatron.metrics import MetricsLogger, Stopwatch, mean_over_updates, 
 from igrpo_megatron.models import Policy, broadcast_object, initialize_parallel, load_hf_config
 from igrpo_megatron.models.policy import needs_old_logprobs, optimizer_steps
 from igrpo_megatron.models.provider import check_layout
-from igrpo_megatron.rollout import RefitStats, RolloutConnection, SamplingParams, connect
+from igrpo_megatron.rollout import RefitStats, RolloutConnection, SamplingParams, connect, make_method
 from igrpo_megatron.rollout.dynamic_sampling import SampledStep, sample_with_refill
 from igrpo_megatron.rollout.samples import SampleLog
-from igrpo_megatron.rollout.two_stage import TokenizedPrompt, TwoStageRollout
+from igrpo_megatron.rollout.two_stage import TokenizedPrompt
 from igrpo_megatron.weights import export_hf_weights
 from igrpo_megatron.weights.hub import resolve_on_node
 
@@ -72,7 +73,8 @@ class Trainer:
         # The reference is the starting model (paper): hf_path, also after a resume.
         self.reference = Policy(cfg, self.hf_cfg, frozen=True) if cfg.loss.kl_beta > 0 else None
         self.step_idx = self.weight_version = 0
-        self.checkpointer = Checkpointer(cfg, self.policy, self.prompts, lambda: self.weight_version)
+        self.checkpointer = Checkpointer(cfg, self.policy, self.prompts, lambda: self.weight_version,
+                                         method_state=lambda: self.rollout.state_dict())
         resumed = self.checkpointer.resume()
         if resumed is not None:
             self.step_idx, self.weight_version = resumed.step, resumed.weight_version
@@ -84,9 +86,11 @@ class Trainer:
             if self.is_driver:
                 self._start_run_dir()
             self.conn = connect(cfg, cfg.train.output_dir, is_driver=self.is_driver)
-            if self.is_driver:
-                self.rollout = TwoStageRollout(cfg, self.conn.client, SamplingParams.from_config(cfg.rollout),
-                                               self.conn.reward, self.tokenizer)
+            # igrpo.method (rollout/methods.py); on every rank, since a method may hold training state
+            self.rollout = make_method(cfg, self.conn.client, SamplingParams.from_config(cfg.rollout),
+                                       self.conn.reward, self.tokenizer, total_steps=self.total_steps)
+            if resumed is not None:
+                self.rollout.load_state_dict(resumed.method_state)
             self.refit()  # the server started from hf_path; from here on it serves the policy's weights
         except BaseException:
             self.close()
@@ -145,7 +149,7 @@ class Trainer:
         """The clipped policy-gradient loss of one micro-batch (``algorithms.losses.policy_loss``)."""
         return policy_loss(logprobs, micro.old_logprobs, micro.advantages, micro.response_mask, self.cfg.loss,
                            ref_logprobs=micro.ref_logprobs, rollout_logprobs=micro.rollout_logprobs,
-                           entropy=entropy, **denominators)
+                           entropy=entropy, shaping_gamma=micro.shaping_gamma, **denominators)
 
     def update(self, batch: TrainBatch, watch: Stopwatch) -> dict:
         """Old (only with several updates per batch, ``needs_old_logprobs``) and reference logprobs,
@@ -177,6 +181,7 @@ class Trainer:
         if not self.is_driver:
             self.next_prompts(sampled.refill_prompts)  # rank 0's refills consumed these prompts
         groups = sampled.groups
+        self.rollout.observe(groups)
         batch, batch_info = build_train_batch(sampled.kept, self.cfg, self.pad_id)
         train_metrics = self.update(batch, watch) if len(batch) else {}
         self.step_idx += 1

@@ -92,6 +92,33 @@ def grpo(name: str, model: Model, data: str) -> Settings:
     return s
 
 
+def critique_grpo(name: str, model: Model, data: str) -> Settings:
+    """Critique-GRPO (Table 1 baseline) at the budget of 8: 7 initial responses + 1 refinement
+    given the rule reward's c_GT critique, refinement tokens shaped with gamma = 0.1 ([CG]). The
+    rest is iGRPO's protocol: the same reward, no entropy term, no KL ([CG] uses 0.001 entropy; ours)."""
+    s = grpo(name, model, data)
+    s["igrpo"].update(method="critique_grpo", critique_refinements=1, critique_source="rule", critique_gamma=0.1)
+    return s
+
+
+def self_verification(name: str, model: Model, data: str, buffer_size: int) -> Settings:
+    """Self-Verification (Table 1 baseline): GRPO's groups of 8 on the problems plus verifications of
+    buffered solutions, also 8 each. [SV] keeps 5,000 solutions for Qwen bases and 40,000 for R1
+    distills, refreshed every 60 steps; one epoch here is 58 steps, so the refresh is a quarter of
+    the run (14 steps) and ~51 verification prompts join each step's 128 problems (ours)."""
+    s = grpo(name, model, data)
+    s["igrpo"].update(method="self_verification", verify_buffer_size=buffer_size, verify_refresh_every=None,
+                      verify_prompts_per_step=None)
+    return s
+
+
+def baselines(prefix: str, model: Model, data: str, verify_buffer_size: int) -> list[Recipe]:
+    """``<prefix>_critique_grpo`` and ``<prefix>_self_verification``: Table 1's other two methods."""
+    cg, sv = f"{prefix}_critique_grpo", f"{prefix}_self_verification"
+    return [Recipe(cg, model, lambda: critique_grpo(cg, model, data)),
+            Recipe(sv, model, lambda: self_verification(sv, model, data, verify_buffer_size))]
+
+
 # DAPO's soft overlong cache is 4,096 of its 20,480 generated tokens, a fifth; ours keeps the
 # proportion of the paper's 4,096-token budget.
 DAPO_OVERLONG_CACHE = 4096 // 5

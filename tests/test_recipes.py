@@ -95,6 +95,22 @@ def test_nemotron_h_recipes_build_with_a_layout_the_model_allows():
         assert all(n % cfg.parallel.tp == 0 for n in (128, 8, 32, 8)) and cfg.parallel.pp == 1
 
 
+def test_table1_baselines_on_both_models_at_the_budget_of_8():
+    """Critique-GRPO 7 + 1 with c_GT and gamma 0.1; Self-Verification's buffer as [SV] keeps it per
+    model family (40,000 for the R1 distill, 5,000 for a base), refreshed 4 times in the 58-step epoch."""
+    for prefix, buffer in (("r1d7b_math", 40000), ("nemoh8b_math", 5000)):
+        cg, sv = recipes.build(f"{prefix}_critique_grpo"), recipes.build(f"{prefix}_self_verification")
+        assert (cg.igrpo.method, cg.igrpo.num_refinements - cg.igrpo.critique_refinements,
+                cg.igrpo.critique_refinements, cg.igrpo.critique_source, cg.igrpo.critique_gamma) == (
+            "critique_grpo", 7, 1, "rule", 0.1)
+        assert (sv.igrpo.method, sv.igrpo.num_refinements, sv.igrpo.verify_buffer_size) == (
+            "self_verification", 8, buffer)
+        assert sv.igrpo.verify_refresh_every is None and sv.igrpo.verify_prompts_per_step is None
+        for cfg in (cg, sv):  # everything else is the GRPO baseline's protocol
+            grpo = recipes.build(f"{prefix}_grpo")
+            assert (cfg.loss, cfg.reward, cfg.rollout.max_tokens) == (grpo.loss, grpo.reward, grpo.rollout.max_tokens)
+
+
 def test_local_paths_replace_hub_names(tmp_path):
     model = tmp_path / "DeepSeek-R1-Distill-Qwen-7B"
     model.mkdir()

@@ -11,6 +11,7 @@ from igrpo_megatron.config import Config, ConfigError, EvalConfig
 from igrpo_megatron.eval import BENCHMARKS
 from igrpo_megatron.registry import Registry
 from igrpo_megatron.rewards import REWARDS
+from igrpo_megatron.rollout import METHODS
 from igrpo_megatron.rollout.refit import TRANSPORTS
 
 REGISTRIES = {
@@ -20,13 +21,14 @@ REGISTRIES = {
     "igrpo.draft_selection": DRAFT_SELECTIONS,
     "reward.kind": REWARDS,
     "rollout.refit_transport": TRANSPORTS,
+    "igrpo.method": METHODS,
 }
 # Choices that are a switch inside one function or a value handed to Megatron / TE / vLLM as is:
 # no implementations to register.
 SWITCHES = {
     "model.dtype", "model.fp8", "model.fp8_recipe", "model.fp8_amax_compute_algo", "model.transformer_impl",
     "loss.ratio_level", "data.preset", "rollout.dtype", "rollout.refit_pause_mode", "rollout.stale_policy",
-    "eval.system_prompt", "reward.think_prefilled",
+    "eval.system_prompt", "reward.think_prefilled", "igrpo.critique_source",
 }
 
 

@@ -153,17 +153,38 @@ def fit_draft(draft_token_ids: Sequence[int], prompt_len: int, max_prompt_tokens
     return draft[:head] + list(elision_ids) + draft[len(draft) - tail:]
 
 
+PLACEHOLDER = "<<IGRPO_DRAFT_PLACEHOLDER>>"  # where a quoted sample's own token ids go
+
+
+def frame_ids(messages: Messages, *, render: Callable[[Messages], str],
+              encode: Callable[[str], list[int]]) -> tuple[list[int], list[int]]:
+    """The token ids of rendered ``messages`` before and after the one :data:`PLACEHOLDER` they hold."""
+    text = render(messages)
+    if text.count(PLACEHOLDER) != 1:
+        raise ValueError("the chat template did not keep the draft placeholder exactly once; "
+                         "refinement_prompt_ids needs a template that renders message content verbatim")
+    before, after = text.split(PLACEHOLDER)
+    return encode(before), encode(after)
+
+
+def spliced_prompt_ids(messages: Messages, sample_ids: Sequence[int], *, render: Callable[[Messages], str],
+                       encode: Callable[[str], list[int]], max_prompt_tokens: int,
+                       max_draft_tokens: Optional[int] = None, elision: str = DEFAULT_TEMPLATE.elision) -> list[int]:
+    """``messages`` rendered with ``sample_ids`` (as sampled, fitted by :func:`fit_draft`) at the placeholder:
+    the length is exact, and the model reads the very tokens it produced. iGRPO's draft, Critique-GRPO's
+    previous solution and Self-Verification's solution go into their prompts this way."""
+    prefix, suffix = frame_ids(messages, render=render, encode=encode)
+    fitted = fit_draft(sample_ids, len(prefix) + len(suffix), max_prompt_tokens,
+                       elision_ids=encode(elision), max_draft_tokens=max_draft_tokens)
+    return prefix + fitted + suffix
+
+
 def refinement_frame(question: str, *, render: Callable[[Messages], str], encode: Callable[[str], list[int]],
                      system_prompt: Optional[str] = None,
                      template: RefinementTemplate = DEFAULT_TEMPLATE) -> tuple[list[int], list[int]]:
     """The stage-2 prompt's token ids before and after the draft (see :func:`refinement_prompt_ids`)."""
-    placeholder = "<<IGRPO_DRAFT_PLACEHOLDER>>"
-    text = render(build_refinement_messages(question, placeholder, system_prompt, template))
-    if text.count(placeholder) != 1:
-        raise ValueError("the chat template did not keep the draft placeholder exactly once; "
-                         "refinement_prompt_ids needs a template that renders message content verbatim")
-    before, after = text.split(placeholder)
-    return encode(before), encode(after)
+    return frame_ids(build_refinement_messages(question, PLACEHOLDER, system_prompt, template),
+                     render=render, encode=encode)
 
 
 def refinement_prompt_ids(question: str, draft_token_ids: Sequence[int], *,
@@ -179,8 +200,6 @@ def refinement_prompt_ids(question: str, draft_token_ids: Sequence[int], *,
     placeholder, the text on either side is encoded, and the fitted draft goes between -- so the
     length is exact, and the model conditions on the very tokens it produced in stage 1.
     """
-    prefix, suffix = refinement_frame(question, render=render, encode=encode, system_prompt=system_prompt,
-                                      template=template)
-    fitted = fit_draft(draft_token_ids, len(prefix) + len(suffix), max_prompt_tokens,
-                       elision_ids=encode(template.elision), max_draft_tokens=max_draft_tokens)
-    return prefix + fitted + suffix
+    return spliced_prompt_ids(build_refinement_messages(question, PLACEHOLDER, system_prompt, template),
+                              draft_token_ids, render=render, encode=encode, max_prompt_tokens=max_prompt_tokens,
+                              max_draft_tokens=max_draft_tokens, elision=template.elision)

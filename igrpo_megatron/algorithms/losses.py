@@ -22,6 +22,7 @@ from typing import Callable, Optional, Union
 import torch
 from torch import Tensor
 
+from igrpo_megatron.algorithms.baselines import shaped_objective
 from igrpo_megatron.config import LossConfig
 from igrpo_megatron.registry import Registry
 
@@ -108,6 +109,7 @@ def policy_loss(
     ref_logprobs: Optional[Tensor] = None,
     rollout_logprobs: Optional[Tensor] = None,
     entropy: Optional[Tensor] = None,
+    shaping_gamma: Optional[Tensor] = None,
     num_sequences: Optional[Count] = None,
     num_tokens: Optional[Count] = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
@@ -127,6 +129,10 @@ def policy_loss(
     - With ``tis_cap`` and ``rollout_logprobs``: pg is weighted by min(exp(old - rollout), tis_cap),
       the truncated importance weight that corrects for vLLM's sampler differing numerically from
       the trainer (Yao et al. 2025, "Your efficient RL framework secretly brings you off-policy RL").
+    - With ``shaping_gamma [B]`` (Critique-GRPO's refinements, gamma > 0 on their rows): those
+      rows' pg is -A pi / (pi + gamma) instead (``baselines.shaped_objective``): no ratio, no clip,
+      no TIS, and they are left out of the mismatch figures (they were sampled under the critique
+      prompt, they are scored under the question).
     - + kl_beta * KL(pi_theta || pi_ref) with estimator k1/k2/k3, - entropy_coef * entropy.
 
     The per-token terms are then aggregated (``cfg.aggregation``) with the GLOBAL denominators
@@ -138,7 +144,8 @@ def policy_loss(
     KL(pi_old || pi_theta)); ``dual_clip_frac`` with dual-clip; ``kl_ref`` with ref_logprobs;
     ``entropy`` with entropy; with rollout_logprobs ``mismatch_abs_diff`` (mean |old - rollout|),
     ``mismatch_kl`` (k3 of KL(pi_rollout || pi_train)), ``mismatch_ratio_max`` (max
-    exp(old - rollout)), and with tis_cap ``tis_weight_mean``, ``tis_clip_frac``.
+    exp(old - rollout)), and with tis_cap ``tis_weight_mean``, ``tis_clip_frac``; with
+    shaping_gamma ``shaped_frac`` (the share of tokens shaped).
     """
     _check_shapes(logprobs, old_logprobs=old_logprobs, mask=mask, ref_logprobs=ref_logprobs,
                   rollout_logprobs=rollout_logprobs, entropy=entropy)
@@ -198,19 +205,25 @@ def policy_loss(
         metrics["dual_clip_frac"] = token_mean(((adv < 0) & (pg > dual_cap)).float())
         pg = torch.where(adv < 0, torch.minimum(pg, dual_cap), pg)
 
+    shaped = torch.zeros_like(keep) if shaping_gamma is None else (shaping_gamma > 0)[:, None] & keep
     if rollout_logprobs is not None:
-        rollout = masked(rollout_logprobs.detach().float())
-        train_vs_rollout = old - rollout  # same weights, two engines: ideally 0
+        same_context = keep & ~shaped
+        rollout = torch.where(same_context, rollout_logprobs.detach().float(), zero)
+        train_vs_rollout = torch.where(same_context, old, zero) - rollout  # same weights, two engines: ideally 0
         metrics["mismatch_abs_diff"] = token_mean(train_vs_rollout.abs())
         # k3 estimate of KL(pi_rollout || pi_train): the samples come from the rollout engine.
-        metrics["mismatch_kl"] = token_mean(kl_k3(rollout, old))
-        metrics["mismatch_ratio_max"] = torch.where(keep, train_vs_rollout, -torch.inf).amax().exp()
+        metrics["mismatch_kl"] = token_mean(kl_k3(rollout, torch.where(same_context, old, zero)))
+        metrics["mismatch_ratio_max"] = torch.where(same_context, train_vs_rollout, -torch.inf).amax().exp()
         if cfg.tis_cap is not None:
             is_weight = torch.exp(train_vs_rollout.clamp(max=MAX_LOG_RATIO))
             metrics["tis_clip_frac"] = token_mean((is_weight > cfg.tis_cap).float())
             is_weight = is_weight.clamp(max=cfg.tis_cap)
             metrics["tis_weight_mean"] = token_mean(is_weight)
             pg = pg * is_weight
+    if shaping_gamma is not None:
+        gamma = shaping_gamma.detach().float().clamp_min(torch.finfo(torch.float32).tiny)[:, None]
+        pg = torch.where(shaped, -adv * shaped_objective(lp, gamma), pg)
+        metrics["shaped_frac"] = token_mean(shaped.float())
 
     per_token = pg
     metrics["pg_loss"] = agg(pg).detach()

@@ -25,18 +25,22 @@ class Resumed:
     step: int
     weight_version: int
     data_state: dict
+    method_state: dict  # the sampling method's training state (rollout/methods.py; {} for most)
 
 
 class Checkpointer:
     """Saves ``policy`` (model, optimizer, LR schedule, RNG) with the run's position; all calls are collective.
 
     ``data`` is the prompt iterator (``state_dict`` / ``load_state_dict``); ``weight_version``
-    reads the version the policy's weights carry now. With ``train.save_every = 0`` nothing is
+    reads the version the policy's weights carry now; ``method_state`` the sampling method's state
+    (JSON, the same on every rank: Self-Verification's buffer). With ``train.save_every = 0`` nothing is
     ever saved.
     """
 
-    def __init__(self, cfg: Config, policy, data, weight_version: Callable[[], int]):
+    def __init__(self, cfg: Config, policy, data, weight_version: Callable[[], int],
+                 method_state: Callable[[], dict] = dict):
         self.cfg, self.policy, self.data, self.weight_version = cfg, policy, data, weight_version
+        self.method_state = method_state
         self.root = os.path.join(cfg.train.output_dir, "checkpoints")
         self.last_saved: Optional[int] = None  # the step whose state is on disk (saved or resumed from)
 
@@ -51,7 +55,7 @@ class Checkpointer:
         self.data.load_state_dict(loaded.extra_state["data"])
         self.last_saved = loaded.step
         return Resumed(loaded.path, loaded.step, int(loaded.extra_state["weight_version"]),
-                       loaded.extra_state["data"])
+                       loaded.extra_state["data"], loaded.extra_state.get("method", {}))
 
     def should_save(self, step: int, last: bool) -> bool:
         every = self.cfg.train.save_every
@@ -64,7 +68,8 @@ class Checkpointer:
 
     def save(self, step: int) -> str:
         """Save after ``step`` now, whatever the schedule; keeps the newest ``train.keep_last``."""
-        extra = {"weight_version": self.weight_version(), "data": self.data.state_dict()}
+        extra = {"weight_version": self.weight_version(), "data": self.data.state_dict(),
+                 "method": self.method_state()}
         self.last_saved = step
         return save_checkpoint(self.root, step, self.policy.model_chunks, self.policy.optimizer,
                                self.policy.scheduler, extra, config=self.cfg, keep_last=self.cfg.train.keep_last)

@@ -6,13 +6,14 @@ wrote while they are still in the page cache, rank 0 the common ones, and the su
 ``meta.json`` (``{"checksums": {"algorithm": "crc32", "files": {relative path: hex}}}``). At load,
 the ranks share the files round-robin; a mismatch names the file.
 
-CRC-32 (zlib, stdlib, ~1.9 GB/s per core here, and zlib releases the GIL so files are summed in
+CRC-32 (zlib, stdlib, ~1.5-2.4 GB/s per core here, and zlib releases the GIL so files are summed in
 parallel threads) detects accidental damage: truncation, flipped blocks, a half-copied shard. It
 is not a signature: whoever can rewrite a file can rewrite ``meta.json`` too.
 ``benchmarks/checksum_cost.py`` measures its cost against the save.
 """
 from __future__ import annotations
 
+import mmap
 import os
 import re
 import zlib
@@ -22,18 +23,21 @@ from typing import Iterable, Optional
 from igrpo_megatron.checkpoint.directory import META_FILE, CheckpointError
 
 ALGORITHM = "crc32"
-_CHUNK = 8 << 20
+_CHUNK = 64 << 20
 _SHARD_RE = re.compile(r"^__(\d+)_\d+\.distcp$")
 _RNG_RE = re.compile(r"^rng/rank_(\d+)\.safetensors$")
 
 
 def file_checksum(path: str) -> str:
+    """CRC-32 of the file, read through a mapping: no copy out of the page cache, ~30 % faster
+    than ``readinto`` chunks here (benchmarks/checksum_cost.py)."""
     crc = 0
-    buf = bytearray(_CHUNK)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buf):
-            crc = zlib.crc32(view[:n], crc)
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size:
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                with memoryview(mapped) as view:
+                    for start in range(0, len(view), _CHUNK):
+                        crc = zlib.crc32(view[start:start + _CHUNK], crc)
     return f"{crc:08x}"
 
 

@@ -21,10 +21,7 @@ import torch
 
 from igrpo_megatron.algorithms.draft_selection import select_drafts
 from igrpo_megatron.algorithms.igrpo import refinement_prompt_ids
-from igrpo_megatron.algorithms.shaping import soft_overlong_penalty
-from igrpo_megatron.config import Config
-from igrpo_megatron.data.chat import render
-from igrpo_megatron.rewards.base import RewardItem
+from igrpo_megatron.rollout.methods import METHODS, RolloutMethod
 
 
 @dataclass
@@ -62,40 +59,25 @@ class PromptRollout:
     draft_format: list[float] = field(default_factory=list)
     best_draft: int = -1  # the draft stage 2 refined (igrpo.draft_selection; the best by default)
     weight_version: int = -1
+    # Critique-GRPO: indices of the responses sampled under a critique prompt but trained under
+    # ``prompt_ids`` (the question) with the shaping pi / (pi + gamma) (algorithms/baselines.py).
+    shaped: list[int] = field(default_factory=list)
+
+    @classmethod
+    def from_samples(cls, p: TokenizedPrompt, prompt_ids: Sequence[int], scored, **extra) -> "PromptRollout":
+        """The record of ``scored = (samples, rewards, accuracy, format)`` of ``p``, trained under ``prompt_ids``."""
+        samples, rewards, accuracy, fmt = scored
+        return cls(id=p.id, question=p.question, answer=p.answer, prompt_ids=list(prompt_ids),
+                   response_ids=[list(s.token_ids) for s in samples],
+                   response_logprobs=[list(s.logprobs) for s in samples],
+                   rewards=rewards, accuracy=accuracy, truncated=[s.finish_reason == "length" for s in samples],
+                   format_scores=fmt, finish_reasons=[str(s.finish_reason) for s in samples],
+                   weight_version=min(s.weight_version for s in samples), **extra)
 
 
-class TwoStageRollout:
-    """Stage 1 and stage 2 of one step against the rollout server, on rank 0's event loop.
-
-    ``client.generate(prompt_ids, n, ...)`` returns samples with ``token_ids``, ``logprobs``,
-    ``finish_reason`` and ``weight_version``; ``reward.score_async(items)`` scores in the reward
-    pool, off the event loop, so scoring one prompt's drafts does not stall the decoding of the others.
-    """
-
-    def __init__(self, cfg: Config, client, params, reward, tokenizer):
-        self.cfg, self.client, self.params, self.reward, self.tokenizer = cfg, client, params, reward, tokenizer
-
-    def render(self, messages) -> str:
-        return render(self.tokenizer, messages)
-
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False)
-
-    async def sample_and_score(self, prompt_ids: list[int], n: int, question: str, answer: str):
-        """``n`` samples of one prompt and their ``(samples, rewards, accuracy, format)``; with
-        ``reward.overlong_cache_tokens`` the rewards include DAPO's length penalty (both stages)."""
-        samples = await self.client.generate(prompt_ids, n=n, params=self.params)
-        items = [RewardItem(self.tokenizer.decode(s.token_ids, skip_special_tokens=True), answer, question)
-                 for s in samples]
-        results = await self.reward.score_async(items)
-        rewards = [r.total for r in results]
-        rc = self.cfg.reward
-        if rc.overlong_cache_tokens is not None:
-            lengths = torch.tensor([len(s.token_ids) for s in samples])
-            penalty = soft_overlong_penalty(lengths, rc.overlong_cap(self.cfg.rollout.max_tokens),
-                                            rc.overlong_cache_tokens)
-            rewards = [x + float(p) for x, p in zip(rewards, penalty)]
-        return samples, rewards, [r.accuracy for r in results], [r.format for r in results]
+@METHODS.register("two_stage")
+class TwoStageRollout(RolloutMethod):
+    """Stage 1 and stage 2 of one step against the rollout server, on rank 0's event loop."""
 
     def choose_draft(self, p: TokenizedPrompt, rewards, accuracy, fmt, weight_version: int) -> int:
         """The draft ``igrpo.draft_selection`` picks; ``random`` is seeded by the run's seed, the
@@ -117,9 +99,7 @@ class TwoStageRollout:
         if drafts is not None:
             samples, rewards, accuracy, fmt = drafts
             best = self.choose_draft(p, rewards, accuracy, fmt, min(s.weight_version for s in samples))
-            draft = list(samples[best].token_ids)
-            if draft and draft[-1] == self.tokenizer.eos_token_id:  # the draft's end-of-turn is not quoted
-                draft.pop()
+            draft = self.strip_eos(samples[best].token_ids)  # the draft's end-of-turn is not quoted
             prompt_ids = refinement_prompt_ids(
                 p.question + self.cfg.data.user_suffix, draft, system_prompt=self.cfg.data.system_prompt,
                 render=self.render, encode=self.encode,
@@ -127,15 +107,8 @@ class TwoStageRollout:
                 max_draft_tokens=self.cfg.igrpo.max_draft_tokens)
             out = dict(draft_ids=[list(s.token_ids) for s in samples], draft_rewards=rewards,
                        draft_accuracy=accuracy, draft_format=fmt, best_draft=best)
-        samples, rewards, accuracy, fmt = await self.sample_and_score(prompt_ids, self.cfg.igrpo.num_refinements,
-                                                                   p.question, p.answer)
-        return PromptRollout(
-            id=p.id, question=p.question, answer=p.answer, prompt_ids=list(prompt_ids),
-            response_ids=[list(s.token_ids) for s in samples],
-            response_logprobs=[list(s.logprobs) for s in samples],
-            rewards=rewards, accuracy=accuracy, truncated=[s.finish_reason == "length" for s in samples],
-            format_scores=fmt, finish_reasons=[str(s.finish_reason) for s in samples],
-            weight_version=min(s.weight_version for s in samples), **out)
+        scored = await self.sample_and_score(prompt_ids, self.cfg.igrpo.num_refinements, p.question, p.answer)
+        return PromptRollout.from_samples(p, prompt_ids, scored, **out)
 
     async def _one_prompt(self, p: TokenizedPrompt) -> PromptRollout:
         return await self.refinements(p, await self.drafts(p))
