@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Optional, Sequence
 import torch
 
 from igrpo_megatron.algorithms.advantages import compute_advantages
-from igrpo_megatron.algorithms.igrpo import dynamic_sampling_mask
 
 if TYPE_CHECKING:
     from igrpo_megatron.config import Config
@@ -75,17 +74,17 @@ def pack_rows(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int
 def build_train_batch(groups: Sequence["PromptRollout"], cfg: "Config", pad_id: int) -> tuple[TrainBatch, dict]:
     """Rows = stage-2 completions (prompt + response, right-padded); advantages per group.
 
-    Dynamic sampling (DAPO) drops the groups whose rewards are all equal: their advantages are 0
-    and they would only dilute the denominators. The dropped groups are not re-sampled (DAPO
-    over-samples to refill the batch); the metrics report how many were kept.
+    ``groups`` are the groups to train on: with DAPO's dynamic sampling the zero-variance ones
+    were already dropped and refilled (rollout/dynamic_sampling.py), and a step may keep none.
     """
+    if not groups:
+        return pack_rows([], [], torch.zeros(0), pad_id), {"advantage_abs_mean": 0.0}
     rewards = torch.tensor([g.rewards for g in groups], dtype=torch.float32)
     advantages = compute_advantages(rewards, cfg.loss.advantage)
-    keep = dynamic_sampling_mask(rewards) if cfg.loss.dynamic_sampling else torch.ones(len(groups), dtype=torch.bool)
     rows = [(g.prompt_ids, resp, lps, float(a), cfg.igrpo.critique_gamma if i in g.shaped else 0.0)
-            for g, adv, k in zip(groups, advantages, keep) if k
+            for g, adv in zip(groups, advantages)
             for i, (resp, lps, a) in enumerate(zip(g.response_ids, g.response_logprobs, adv))]
-    info = {"groups_kept": float(keep.sum()), "advantage_abs_mean": float(advantages.abs().mean())}
+    info = {"advantage_abs_mean": float(advantages.abs().mean())}
     prompts, responses, logprobs, adv, gamma = (list(col) for col in zip(*rows)) if rows else ([],) * 5
     batch = pack_rows(prompts, responses, torch.tensor(adv, dtype=torch.float32), pad_id, logprobs)
     if any(g.shaped for g in groups):

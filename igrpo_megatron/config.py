@@ -152,7 +152,10 @@ class LossConfig(Section):
         None, "truncated importance weight cap vs vLLM's rollout logprobs, e.g. 2.0; null: off")
     seq_sum_norm_constant: Optional[float] = opt(
         None, "Dr.GRPO divisor in tokens, needed by seq_mean_token_sum_norm (use rollout.max_tokens)")
-    dynamic_sampling: bool = opt(False, "drop groups whose rewards have zero variance (DAPO)")
+    dynamic_sampling: bool = opt(
+        False, "DAPO: drop groups whose rewards have zero variance and refill the batch with new prompts")
+    dynamic_sampling_max_refills: int = opt(
+        4, "DAPO: extra rollout rounds to reach train.prompts_per_step kept groups; then train on those (warned)")
 
     def validate(self) -> None:
         _require(0 <= self.clip_low < 1 and self.clip_high >= 0,
@@ -160,6 +163,7 @@ class LossConfig(Section):
         _require(self.dual_clip_c is None or self.dual_clip_c > 1, "loss.dual_clip_c must be > 1 (e.g. 3.0) or null")
         _require(self.tis_cap is None or self.tis_cap >= 1, "loss.tis_cap must be >= 1 or null")
         _require(self.kl_beta >= 0, "loss.kl_beta must be >= 0")
+        _require(self.dynamic_sampling_max_refills >= 0, "loss.dynamic_sampling_max_refills must be >= 0")
 
 
 @dataclass
@@ -173,6 +177,8 @@ class IGRPOConfig(Section):
     max_draft_tokens: Optional[int] = opt(
         None, "draft tokens kept in the refinement prompt; null: what rollout.max_prompt_tokens leaves")
     overlap_stages: bool = opt(True, "send a prompt's refinements as soon as its drafts are scored")
+    draft_selection: Literal["best", "random", "worst_formatted"] = opt(
+        "best", "the draft stage 2 refines: best reward (paper), random, or the worst with format reward 1")
     # Table 1's other baselines (rollout/methods.py; choices: README "Choices the paper leaves open").
     method: Literal["two_stage", "critique_grpo", "self_verification"] = opt(
         "two_stage", "how groups are sampled: two_stage (iGRPO; num_drafts=0: GRPO), critique_grpo, self_verification")
@@ -240,8 +246,18 @@ class RewardConfig(Section):
     judge_fallback_score: float = opt(0.0, "judge: accuracy when the reply is unusable (counted)")
     judge_reply_prefix: str = opt(
         "", "judge: forced start of the reply (vLLM continue_final_message), e.g. SCORE: for a small judge")
+    overlong_cache_tokens: Optional[int] = opt(
+        None, "DAPO overlong punishment: the last L_cache tokens before the cap ramp down to -1 (DAPO: 4,096); null: off")
+    overlong_max_tokens: Optional[int] = opt(
+        None, "DAPO overlong punishment's cap L_max in generated tokens, -1 beyond it; null: rollout.max_tokens")
+
+    def overlong_cap(self, max_tokens: int) -> int:
+        """L_max of the overlong punishment: ``overlong_max_tokens``, else the generation budget."""
+        return self.overlong_max_tokens if self.overlong_max_tokens is not None else max_tokens
 
     def validate(self) -> None:
+        _require(self.overlong_cache_tokens is None or self.overlong_cache_tokens >= 1,
+                 "reward.overlong_cache_tokens must be >= 1 or null (off)")
         _require(self.kind != "judge" or bool(self.judge_url),
                  "reward.kind=judge needs reward.judge_url (an OpenAI-compatible endpoint)")
         _require(self.kind != "judge" or bool(self.judge_model),
@@ -600,6 +616,15 @@ def validate(cfg: Config, world_size: Optional[int] = None, *, training: bool = 
     _require(loss.aggregation != "seq_mean_token_sum_norm" or (loss.seq_sum_norm_constant or 0) > 0,
              f"loss.aggregation=seq_mean_token_sum_norm (Dr.GRPO) needs loss.seq_sum_norm_constant > 0; "
              f"set it to the generation budget, rollout.max_tokens={r.max_tokens}")
+    cache = cfg.reward.overlong_cache_tokens
+    _require(cache is None or cache <= cfg.reward.overlong_cap(r.max_tokens),
+             f"reward.overlong_cache_tokens={cache} exceeds the cap L_max={cfg.reward.overlong_cap(r.max_tokens)} "
+             f"(reward.overlong_max_tokens, else rollout.max_tokens); lower it")
+    # The refill rounds of a rollout generated ahead would draw prompts on rank 0 alone, past the
+    # data position the next checkpoint saves; the two are not combined.
+    _require(not (loss.dynamic_sampling and r.async_steps),
+             "loss.dynamic_sampling=true (DAPO's refill) and rollout.async_steps=1 cannot be combined; "
+             "set one of them off")
     _require(not training or cfg.data.preset is not None or cfg.data.source is not None,
              "data: set data.preset (math, acereason, synthetic) or data.source (hub name or local file)")
     if world_size is None and training and "WORLD_SIZE" in os.environ:

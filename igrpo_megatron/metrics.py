@@ -37,7 +37,13 @@ STEP_FIELDS = (
     "trans_right_to_wrong",
     "reward_mean",
     "reward_std",
-    "zero_var_frac",
+    "zero_var_frac",  # over every group sampled, refills included
+    "groups_kept",  # groups trained on (DAPO dynamic sampling: those with reward variance)
+    "groups_dropped",  # zero-variance groups dynamic sampling dropped
+    "groups_surplus",  # kept groups beyond train.prompts_per_step the last refill over-sampled
+    "refill_rounds",  # extra rollout rounds dynamic sampling took to refill the batch
+    "refill_exhausted",  # 1.0 when loss.dynamic_sampling_max_refills ran out before the batch was full
+    "refill_exhausted_steps",  # steps of this run so far that did
     "format_mean",  # mean format reward of the refinements (0 for K steps: a warning)
     "no_signal",  # 1.0 when every group's rewards are equal: no advantage, no gradient this step
     "format_zero_steps",  # consecutive steps so far whose every refinement scored format 0
@@ -269,6 +275,9 @@ def progress_line(r: dict) -> str:
     parts.append(f"{r.get('time_step_s', 0):.1f}s ({r.get('tokens_per_s', 0):.0f} tok/s) v{r.get('weight_version', -1)}")
     if "judge_grades_per_s" in r:
         parts.append(f"judge {r['judge_grades_per_s']:.1f} grades/s unparseable {r['judge_unparseable_frac']:.2f}")
+    if r.get("groups_dropped") or r.get("refill_rounds"):
+        parts.append(f"groups {r['groups_kept']:.0f} kept {r['groups_dropped']:.0f} dropped "
+                     f"{r['refill_rounds']:.0f} refills")
     if r.get("no_signal"):
         parts.append("NO SIGNAL (all groups zero-variance)")
     return " | ".join(parts)
@@ -293,6 +302,7 @@ class SignalWatch:
     def __init__(self, format_patience: int = 3):
         self.format_patience = format_patience
         self.format_zero_steps = 0
+        self.refill_exhausted_steps = 0
         self.warned: set[str] = set()
 
     def check(self, record: dict) -> list[str]:
@@ -303,7 +313,14 @@ class SignalWatch:
         record["no_signal"] = float(record["zero_var_frac"] >= 1.0)
         self.format_zero_steps = self.format_zero_steps + 1 if record["format_mean"] == 0 else 0
         record["format_zero_steps"] = self.format_zero_steps
+        self.refill_exhausted_steps += int(record.get("refill_exhausted", 0))
+        record["refill_exhausted_steps"] = self.refill_exhausted_steps
         found = {}
+        if record.get("refill_exhausted"):
+            found["refill"] = (f"step {record['step']}: dynamic sampling kept {record['groups_kept']:.0f} groups "
+                               f"after {record['refill_rounds']:.0f} refill rounds, short of train.prompts_per_step; "
+                               f"the step trained on those (raise loss.dynamic_sampling_max_refills, or the "
+                               f"data is too easy or too hard for the policy)")
         if record["no_signal"]:
             found["no_signal"] = (f"step {record['step']}: every group's rewards are equal (reward mean "
                                   f"{record['reward_mean']:.3f}): all advantages are 0, so this step has no "

@@ -39,6 +39,7 @@ from igrpo_megatron.models.policy import needs_old_logprobs, optimizer_steps
 from igrpo_megatron.models.provider import check_layout
 from igrpo_megatron.rollout import RefitStats, RolloutConnection, SamplingParams, connect, make_method
 from igrpo_megatron.rollout.pipeline import RolloutPipeline, check_lag
+from igrpo_megatron.rollout.dynamic_sampling import SampledStep, sample_with_refill
 from igrpo_megatron.rollout.samples import SampleLog
 from igrpo_megatron.rollout.two_stage import TokenizedPrompt
 from igrpo_megatron.weights import export_hf_weights
@@ -73,7 +74,7 @@ class Trainer:
         # The reference is the starting model (paper): hf_path, also after a resume.
         self.reference = Policy(cfg, self.hf_cfg, frozen=True) if cfg.loss.kl_beta > 0 else None
         self.step_idx = self.weight_version = 0
-        self.rollouts = RolloutPipeline(cfg.rollout.async_steps, self.next_prompts,
+        self.rollouts = RolloutPipeline(cfg.rollout.async_steps, lambda: self.next_prompts(cfg.train.prompts_per_step),
                                         self._generate if self.is_driver else None)
         self.checkpointer = Checkpointer(cfg, self.policy, self.prompts, lambda: self.weight_version,
                                          method_state=lambda: self.rollout.state_dict(), rollouts=self.rollouts)
@@ -123,16 +124,26 @@ class Trainer:
 
     # -- the pieces of a step
 
-    def next_prompts(self) -> list[TokenizedPrompt]:
-        """``train.prompts_per_step`` prompts as stage-1 token ids (every rank draws, to keep positions equal)."""
-        examples = self.prompts.next_batch(self.cfg.train.prompts_per_step)
+    def next_prompts(self, n: int) -> list[TokenizedPrompt]:
+        """The next ``n`` prompts as stage-1 token ids (every rank draws, to keep positions equal)."""
+        examples = self.prompts.next_batch(n)
         if not self.is_driver:
             return []
         return [TokenizedPrompt(e.id, e.question, e.answer, self.prompt_ids[e.id]) for e in examples]
 
-    def _generate(self, prompts: list[TokenizedPrompt]) -> list:
-        """Both stages of ``prompts`` on the server's current weights (rank 0; ``rollout.pipeline`` calls it)."""
-        return self.conn.loop.run_until_complete(self.rollout.run(prompts))
+    def _generate(self, prompts: list[TokenizedPrompt]) -> SampledStep:
+        """The step's rollouts on the server's current weights (rank 0; ``rollout.pipeline`` calls it)."""
+        return self.conn.loop.run_until_complete(self.sample(prompts))
+
+    async def sample(self, prompts: list[TokenizedPrompt]) -> SampledStep:
+        """The step's rollouts (rank 0); with DAPO's dynamic sampling the zero-variance groups are
+        dropped and refilled from further prompts (``loss.dynamic_sampling``, rollout/dynamic_sampling.py)."""
+        if not self.cfg.loss.dynamic_sampling:
+            groups = await self.rollout.run(prompts)
+            return SampledStep(groups, groups)
+        return await sample_with_refill(prompts, self.cfg.train.prompts_per_step,
+                                        self.cfg.loss.dynamic_sampling_max_refills, self.next_prompts,
+                                        self.rollout.run)
 
     def refit(self) -> Optional[RefitStats]:
         """Push the policy's weights to the rollout server as ``weight_version`` (collective);
@@ -170,12 +181,15 @@ class Trainer:
         """One iteration; returns its metrics record (complete on rank 0, which logs it)."""
         watch = Stopwatch(PHASES)
         with watch("rollout"):
-            groups = self.rollouts.take(more_steps=self.step_idx + 1 < self.total_steps)
+            sampled = self.rollouts.take(more_steps=self.step_idx + 1 < self.total_steps)
             if self.is_driver:
-                check_lag(groups, self.weight_version, self.cfg.rollout.async_steps, self.conn.client)
-        groups = broadcast_object(groups)
+                check_lag(sampled.groups, self.weight_version, self.cfg.rollout.async_steps, self.conn.client)
+        sampled = broadcast_object(sampled)
+        if not self.is_driver:
+            self.next_prompts(sampled.refill_prompts)  # rank 0's refills consumed these prompts
+        groups = sampled.groups
         self.rollout.observe(groups)
-        batch, batch_info = build_train_batch(groups, self.cfg, self.pad_id)
+        batch, batch_info = build_train_batch(sampled.kept, self.cfg, self.pad_id)
         train_metrics = self.update(batch, watch) if len(batch) else {}
         self.step_idx += 1
         self.weight_version += 1
@@ -186,8 +200,8 @@ class Trainer:
         record = {"step": self.step_idx, "weight_version": self.weight_version,
                   "prompts_consumed": self.prompts.consumed}
         if self.is_driver:
-            record.update(step_record(groups, self.cfg.igrpo.num_drafts, batch_info, train_metrics, watch,
-                                      refit_stats, self.conn.counters()))
+            record.update(step_record(groups, self.cfg.igrpo.num_drafts, {**batch_info, **sampled.record()},
+                                      train_metrics, watch, refit_stats, self.conn.counters()))
             self.logger.log(record)
             self.samples.write(self.step_idx, groups)
         self.checkpointer.maybe_save(self.step_idx, last=self.step_idx == self.total_steps)

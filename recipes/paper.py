@@ -119,12 +119,31 @@ def baselines(prefix: str, model: Model, data: str, verify_buffer_size: int) -> 
             Recipe(sv, model, lambda: self_verification(sv, model, data, verify_buffer_size))]
 
 
+# DAPO's soft overlong cache is 4,096 of its 20,480 generated tokens, a fifth; ours keeps the
+# proportion of the paper's 4,096-token budget.
+DAPO_OVERLONG_CACHE = 4096 // 5
+
+
 def dapo(settings: Settings) -> Settings:
     """DAPO's loss under either method: clip-higher (0.2 / 0.28), token-level aggregation,
-    dynamic sampling (groups whose rewards are all equal are dropped)."""
+    dynamic sampling (groups whose rewards are all equal are dropped and the batch refilled) and
+    the soft overlong punishment over the last fifth of the generation budget."""
     s = copy.deepcopy(settings)
     s["loss"].update(clip_low=0.2, clip_high=0.28, aggregation="token_mean", dynamic_sampling=True)
+    s["reward"]["overlong_cache_tokens"] = DAPO_OVERLONG_CACHE
     return s
+
+
+def draft_selection(kind: str) -> Callable[[Settings], Settings]:
+    """iGRPO with stage 2 conditioned on another draft than the best (``igrpo.draft_selection``):
+    the draft-selection ablation, same budget and loss."""
+    def wrap(settings: Settings) -> Settings:
+        s = copy.deepcopy(settings)
+        s["igrpo"]["draft_selection"] = kind
+        return s
+
+    wrap.__name__ = f"draft_{kind}"
+    return wrap
 
 
 def gspo(settings: Settings) -> Settings:
@@ -144,9 +163,13 @@ class Recipe:
     settings: Callable[[], Settings]
 
 
+DRAFT_SELECTION_ABLATION = tuple(draft_selection(kind) for kind in ("random", "worst_formatted"))
+
+
 def runs(prefix: str, model: Model, data: str, variants: bool = False) -> list[Recipe]:
     """``<prefix>_igrpo`` and ``<prefix>_grpo``; with ``variants`` also both under DAPO and GSPO
-    (``<prefix>_igrpo_dapo`` vs ``<prefix>_grpo_dapo``: the paper's wrapper ablation)."""
+    (``<prefix>_igrpo_dapo`` vs ``<prefix>_grpo_dapo``: the paper's wrapper ablation) and iGRPO
+    with a random and with the worst formatted draft (``<prefix>_igrpo_draft_random``, ...)."""
     out = []
     for method in (igrpo, grpo):
         name = f"{prefix}_{method.__name__}"
@@ -156,4 +179,7 @@ def runs(prefix: str, model: Model, data: str, variants: bool = False) -> list[R
             for method in (igrpo, grpo):
                 name = f"{prefix}_{method.__name__}_{wrap.__name__}"
                 out.append(Recipe(name, model, lambda n=name, m=method, w=wrap: w(m(n, model, data))))
+        for wrap in DRAFT_SELECTION_ABLATION:
+            name = f"{prefix}_igrpo_{wrap.__name__}"
+            out.append(Recipe(name, model, lambda n=name, w=wrap: w(igrpo(n, model, data))))
     return out

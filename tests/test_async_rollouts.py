@@ -15,6 +15,7 @@ from igrpo_megatron.config import ConfigError
 from igrpo_megatron.metrics import read_metrics
 from igrpo_megatron.models.parallel import free_port
 from igrpo_megatron.rollout import StaleRolloutError
+from igrpo_megatron.rollout.dynamic_sampling import SampledStep
 from igrpo_megatron.rollout.pipeline import RolloutPipeline, check_lag
 from igrpo_megatron.rollout.two_stage import PromptRollout
 from torchrun_util import REPO, run_torchrun
@@ -51,6 +52,10 @@ def test_async_steps_above_one_is_a_config_error():
 
     with pytest.raises(ConfigError, match="rollout.async_steps=2"):
         load_config(None, ["rollout.async_steps=2", "model.hf_path=org/model"])
+    with pytest.raises(ConfigError, match="cannot be combined"):
+        load_config(None, ["rollout.async_steps=1", "loss.dynamic_sampling=true", "model.hf_path=org/model",
+                           "data.preset=synthetic"])
+    load_config(None, ["rollout.async_steps=1", "model.hf_path=org/model", "data.preset=synthetic"])  # control
 
 
 def _pipeline(async_steps: int, server: dict, drawn: list):
@@ -65,7 +70,8 @@ def _pipeline(async_steps: int, server: dict, drawn: list):
         if prompts[0] == server.get("hold"):
             assert server["release"].wait(30)
         assert server["version"] == start  # nobody refit under the rollout
-        return [_group(p, start) for p in prompts]
+        groups = [_group(p, start) for p in prompts]
+        return SampledStep(groups, groups)
 
     return RolloutPipeline(async_steps, next_prompts, run)
 
@@ -76,7 +82,7 @@ def test_pipeline_runs_one_step_ahead_on_the_weights_of_its_start():
     pipe = _pipeline(1, server, drawn)
     versions = []
     for step in range(1, 5):
-        groups = pipe.take(more_steps=step < 4)
+        groups = pipe.take(more_steps=step < 4).groups
         versions.append(groups[0].weight_version)
         pipe.wait()
         server["version"] = step  # the refit after the step
@@ -85,7 +91,7 @@ def test_pipeline_runs_one_step_ahead_on_the_weights_of_its_start():
     assert drawn == [0, 1, 2, 3]  # one draw per step, never past the last step
 
     on_policy = _pipeline(0, {**server, "version": 0}, drawn := [])
-    assert [on_policy.take(more_steps=True)[0].id for _ in range(3)] == ["p0", "p1", "p2"]
+    assert [on_policy.take(more_steps=True).groups[0].id for _ in range(3)] == ["p0", "p1", "p2"]
 
 
 def test_pipeline_state_round_trips_the_rollout_ahead():
@@ -97,11 +103,12 @@ def test_pipeline_state_round_trips_the_rollout_ahead():
     threading.Timer(0.5, server["release"].set).start()
     state = json.loads(json.dumps(pipe.state_dict()))  # waits for it; through the checkpoint's JSON metadata
     pipe.close(None)
-    assert [g["id"] for g in state] == ["p1"] and state[0]["weight_version"] == 5
+    assert [g["id"] for g in state["groups"]] == ["p1"] and state["groups"][0]["weight_version"] == 5
+    assert state["kept"] == [0]
 
     resumed = _pipeline(1, server, drawn2 := [])
     resumed.load_state_dict(state)
-    assert resumed.take(more_steps=False) == [_group("p1", 5)]  # bit-exact: logprobs and all
+    assert resumed.take(more_steps=False).kept == [_group("p1", 5)]  # bit-exact: logprobs and all
     assert drawn2 == []  # its prompts were drawn before the checkpoint
     resumed.close(None)
 
@@ -136,7 +143,7 @@ def test_async_run_trains_step_k_on_version_k_minus_1(tmp_path, tiny_qwen2):
     assert {(s["step"], s["weight_version"]) for s in samples} == {(1, 0), (2, 0), (3, 1)}
 
     with open(run_dir / "checkpoints" / "iter_0000002" / "meta.json") as f:
-        ahead = json.load(f)["extra_state"]["rollout_ahead"]
+        ahead = json.load(f)["extra_state"]["rollout_ahead"]["groups"]
     step3 = [s for s in samples if s["step"] == 3]
     assert [g["id"] for g in ahead] == [s["id"] for s in step3]
     assert [g["response_ids"] for g in ahead] == [[r["token_ids"] for r in s["refinements"]] for s in step3]

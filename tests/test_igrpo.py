@@ -1,4 +1,5 @@
-"""The iGRPO wrapper's pieces: best-draft selection, prompts, draft fitting, budget, dynamic sampling."""
+"""The iGRPO wrapper's pieces: draft selection, prompts, draft fitting, budget, dynamic sampling,
+DAPO's overlong shaping."""
 import pytest
 import torch
 
@@ -11,7 +12,9 @@ from igrpo_megatron.algorithms import (
     refinement_prompt_ids,
     select_best_drafts,
 )
+from igrpo_megatron.algorithms.draft_selection import select_drafts
 from igrpo_megatron.algorithms.igrpo import DEFAULT_TEMPLATE
+from igrpo_megatron.algorithms.shaping import soft_overlong_penalty
 
 
 def test_select_best_drafts_ties_and_all_zero():
@@ -59,6 +62,37 @@ def test_best_of_n_matches_the_papers_proposition():
 def test_dynamic_sampling_drops_zero_variance_groups():
     rewards = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 1.0], [2.0, 2.0, 2.0], [0.3, 0.3, 0.3], [0.3, 0.3, 0.31]])
     assert dynamic_sampling_mask(rewards).tolist() == [False, True, False, False, True]
+
+
+def test_draft_selection_rules_on_hand_made_rewards():
+    # reward = accuracy + format, 4 drafts per prompt
+    accuracy = torch.tensor([[0.0, 1.0, 0.0, 1.0],   # formatted: 0 (r 1), 1 (r 2), 3 (r 2) -> worst 0
+                             [1.0, 0.0, 0.0, 0.0],   # none formatted -> falls back to the best: 0
+                             [1.0, 0.0, 1.0, 0.0],   # formatted 1 (r 1), 2 (r 2), 3 (r 1) -> worst 1 (first)
+                             [1.0, 0.0, 0.0, 1.0]])  # formatted 0, 3 (both r 2) -> worst 0; best 0 as well
+    fmt = torch.tensor([[1.0, 1.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0], [0.0, 1.0, 1.0, 1.0], [1.0, 0.0, 0.0, 1.0]])
+    rewards = accuracy + fmt
+    g = torch.Generator().manual_seed(0)
+    assert select_drafts("best", rewards, accuracy, fmt, g).tolist() == [1, 0, 2, 0]
+    assert select_drafts("worst_formatted", rewards, accuracy, fmt, g).tolist() == [0, 0, 1, 0]
+    picks = torch.stack([select_drafts("random", rewards, accuracy, fmt, torch.Generator().manual_seed(s))
+                         for s in range(400)])
+    assert picks.min() == 0 and picks.max() == 3  # every draft gets picked
+    assert picks.float().mean().item() == pytest.approx(1.5, abs=0.15)  # uniform over 0..3
+    seeded = [select_drafts("random", rewards, accuracy, fmt, torch.Generator().manual_seed(7)) for _ in range(2)]
+    assert torch.equal(*seeded)  # same seed, same picks: a resumed run repeats them
+    with pytest.raises(ValueError, match="one shape"):
+        select_drafts("best", rewards, accuracy[:, :2], fmt, g)
+
+
+def test_soft_overlong_penalty_hand_computed():
+    # L_max = 20, L_cache = 4: free up to 16 tokens, then (16 - |y|) / 4, -1 beyond 20
+    lengths = torch.tensor([0, 16, 17, 18, 20, 21, 100])
+    assert soft_overlong_penalty(lengths, 20, 4).tolist() == [0.0, 0.0, -0.25, -0.5, -1.0, -1.0, -1.0]
+    # DAPO's own setting: 16,384 free, 4,096 of cache; 18,432 tokens is half way down the ramp
+    assert soft_overlong_penalty(torch.tensor([18432]), 20480, 4096).tolist() == [-0.5]
+    with pytest.raises(ValueError, match="cache_len"):
+        soft_overlong_penalty(lengths, 4, 8)
 
 
 def test_prompt_messages_wording_and_draft_delimiting():

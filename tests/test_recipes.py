@@ -48,9 +48,11 @@ def test_recipes_use_the_papers_hyper_parameters(name):
     assert cfg.train.prompts_per_step * ig.group_budget == 1024  # completions per step
     assert cfg.data.preset == ("acereason" if "acereason" in name else "math")
     assert cfg.train.output_dir == f"runs/{name}"
+    assert ig.draft_selection == (name.split("_draft_")[1] if "_draft_" in name else "best")
     if name.endswith("_dapo"):
         assert (loss.clip_low, loss.clip_high, loss.aggregation, loss.dynamic_sampling) == (
             0.2, 0.28, "token_mean", True)
+        assert cfg.reward.overlong_cache_tokens == 819 and cfg.reward.overlong_cap(r.max_tokens) == 4096
     elif name.endswith("_gspo"):
         assert (loss.ratio_level, loss.clip_low, loss.clip_high) == ("sequence", 3e-4, 4e-4)
     else:
@@ -61,7 +63,8 @@ def test_recipes_use_the_papers_hyper_parameters(name):
 def test_paper_runs_are_all_there():
     assert {"r1d7b_math_igrpo", "r1d7b_math_grpo", "r1d14b_math_igrpo", "r1d14b_math_grpo",
             "orn7b_acereason_igrpo", "r1d7b_math_igrpo_dapo", "r1d7b_math_grpo_dapo",
-            "r1d7b_math_igrpo_gspo", "r1d7b_math_grpo_gspo"} <= set(recipes.runnable())
+            "r1d7b_math_igrpo_gspo", "r1d7b_math_grpo_gspo", "r1d7b_math_igrpo_draft_random",
+            "r1d7b_math_igrpo_draft_worst_formatted"} <= set(recipes.runnable())
     assert recipes.build("r1d14b_math_igrpo").model.hf_path == "deepseek-ai/DeepSeek-R1-Distill-Qwen-14B"
     assert recipes.build("orn7b_acereason_igrpo").model.hf_path == "nvidia/OpenReasoning-Nemotron-7B"
 

@@ -6,6 +6,7 @@ from typing import Literal, Optional
 import pytest
 
 from igrpo_megatron.algorithms import ADVANTAGE_ESTIMATORS, AGGREGATIONS, KL_ESTIMATORS
+from igrpo_megatron.algorithms.draft_selection import DRAFT_SELECTIONS
 from igrpo_megatron.config import Config, ConfigError, EvalConfig
 from igrpo_megatron.eval import BENCHMARKS
 from igrpo_megatron.registry import Registry
@@ -17,6 +18,7 @@ REGISTRIES = {
     "loss.advantage": ADVANTAGE_ESTIMATORS,
     "loss.aggregation": AGGREGATIONS,
     "loss.kl_estimator": KL_ESTIMATORS,
+    "igrpo.draft_selection": DRAFT_SELECTIONS,
     "reward.kind": REWARDS,
     "rollout.refit_transport": TRANSPORTS,
     "igrpo.method": METHODS,

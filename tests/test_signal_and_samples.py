@@ -33,6 +33,16 @@ def test_format_zero_for_k_steps_is_warned_at_the_kth():
     assert "3 steps" in said[4][0]
 
 
+def test_a_spent_refill_bound_is_warned_and_counted():
+    watch = SignalWatch()
+    refill = {"groups_kept": 3.0, "groups_dropped": 20.0, "refill_rounds": 4.0}
+    records = [{**_record(s, 0.8, 1.0), **refill, "refill_exhausted": float(s != 2)} for s in (1, 2, 3)]
+    said = [watch.check(r) for r in records]
+    assert [len(w) for w in said] == [1, 0, 0]  # warned once, at the first step that ran out
+    assert "kept 3 groups after 4 refill rounds" in said[0][0] and "dynamic_sampling_max_refills" in said[0][0]
+    assert [r["refill_exhausted_steps"] for r in records] == [1, 1, 2]  # counted every time
+
+
 def _group(i, step_acc):
     return PromptRollout(
         id=f"p{i}", question=f"What is {i} + 1?", answer=str(i + 1), prompt_ids=[1, 2, 3],

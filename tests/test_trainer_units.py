@@ -13,6 +13,7 @@ from igrpo_megatron.config import load_config
 from igrpo_megatron.batch import build_train_batch, pack_rows, shard_for_data_parallel
 from igrpo_megatron.metrics import mean_over_updates, read_metrics, rollout_metrics, train_record
 from igrpo_megatron.rollout.client import Sample
+from igrpo_megatron.rollout.dynamic_sampling import refill_size, sample_with_refill, zero_variance_filter
 from igrpo_megatron.rollout.two_stage import PromptRollout, TokenizedPrompt, TwoStageRollout
 
 # Recorded runs of the CPU demo, GRPO and iGRPO (its first steps, metrics.jsonl only).
@@ -92,18 +93,66 @@ def test_train_batch_layout_and_dynamic_sampling():
                              "igrpo.group_budget=4", "loss.dynamic_sampling=true"])
     groups = [_group(0, [0, 1], 1, [1, 0], prompt_len=3, resp_len=2),
               _group(1, [0, 0], 0, [0, 0], prompt_len=4, resp_len=1)]  # zero variance: dropped
-    batch, info = build_train_batch(groups, cfg, pad_id=0)
-    assert info["groups_kept"] == 1.0
+    kept = zero_variance_filter(groups)
+    assert kept == groups[:1]
+    batch, info = build_train_batch(kept, cfg, pad_id=0)
     assert batch.tokens.tolist() == [[10, 11, 12, 5, 5], [10, 11, 12, 6, 6]]
     assert batch.response_mask.tolist() == [[0, 0, 0, 1, 1]] * 2
     # grpo: (r - mean) / sample std over [2, 1] -> [+0.7071, -0.7071]
     assert batch.advantages.tolist() == pytest.approx([1 / math.sqrt(2), -1 / math.sqrt(2)])
     assert batch.rollout_logprobs[0].tolist() == [0, 0, 0, -0.5, -0.5]
 
-    cfg.loss.dynamic_sampling = False
-    batch, info = build_train_batch(groups, cfg, pad_id=0)
+    batch, info = build_train_batch(groups, cfg, pad_id=0)  # no dynamic sampling: every group
     assert len(batch) == 4 and batch.tokens.shape[1] == 5
     assert batch.response_mask[2].tolist() == [0, 0, 0, 0, 1] and batch.advantages[2:].tolist() == [0, 0]
+
+
+def _refill_run(rewards_by_prompt: dict, target: int, max_refills: int, order: list):
+    """sample_with_refill over scripted groups: prompt i's refinements score ``rewards_by_prompt[i]``
+    (zero variance when absent); ``order`` is the prompt stream, its position the data position."""
+    position = [target]
+
+    def draw(n):
+        start, position[0] = position[0], position[0] + n
+        return order[start:position[0]]
+
+    async def rollout(prompts):
+        return [_group(p, [0, 0], 0, rewards_by_prompt.get(p, [0, 0])) for p in prompts]
+
+    return asyncio.run(sample_with_refill(order[:target], target, max_refills, draw, rollout)), position[0]
+
+
+def test_dynamic_sampling_refills_to_the_full_batch_and_consumes_what_it_drew():
+    assert [refill_size(3, 4, 1), refill_size(3, 4, 0), refill_size(1, 8, 7)] == [12, 4, 2]
+    order = list(range(40))
+    signal = {i: [1, 0] for i in (2, 9, 13, 14, 15, 30)}  # 6 of 40 prompts have reward variance
+    step, consumed = _refill_run(signal, target=4, max_refills=4, order=order)
+    # round 0: prompts 0-3 keep 1 (2); round 1 draws 3 / (1/4) = 12: 4-15 keep 9, 13, 14, 15 -> 5 kept,
+    # the batch takes the first 4 and the fifth is surplus
+    assert [int(g.id.split(":")[1]) for g in step.kept] == [2, 9, 13, 14]
+    assert step.record() == {"groups_kept": 4.0, "groups_dropped": 11.0, "groups_surplus": 1.0,
+                             "refill_rounds": 1.0, "refill_exhausted": 0.0}
+    assert len(step.groups) == 16 and step.refill_prompts == 12 and consumed == 16
+    # the bound: one refill round cannot find 4 when only prompt 2 of 0..15 has a signal -> train on 1
+    step, consumed = _refill_run({2: [1, 0]}, target=4, max_refills=1, order=order)
+    assert step.record()["groups_kept"] == 1.0 and step.exhausted and step.refill_rounds == 1
+    assert consumed == 16 and step.refill_prompts == 12  # the refill's prompts are consumed all the same
+    # negative control: no refill rounds allowed -> only round 0's one kept group
+    step, _ = _refill_run(signal, target=4, max_refills=0, order=order)
+    assert len(step.kept) == 1 and step.exhausted
+
+
+def test_overlong_shaping_enters_the_rewards_of_both_stages(tiny_qwen2):
+    """DAPO's soft overlong punishment on the scripted completion of k tokens with L_max = k + 1 and
+    L_cache = 4: (k + 1 - 4 - k) / 4 = -0.75 on top of the rule reward, drafts and refinements alike."""
+    base = ["igrpo.num_drafts=2", "igrpo.num_refinements=3", "igrpo.group_budget=5"]
+    groups, _, _, draft, _ = _two_stage(tiny_qwen2, base, hold_second=False)
+    k = len(draft) + 1  # the completion ends with its end-of-turn token
+    shaped, *_ = _two_stage(tiny_qwen2, base + [f"reward.overlong_max_tokens={k + 1}", "reward.overlong_cache_tokens=4"],
+                            hold_second=False)
+    for plain, g in zip(groups, shaped):
+        assert g.rewards == [r - 0.75 for r in plain.rewards]
+        assert g.draft_rewards == [r - 0.75 for r in plain.draft_rewards]
 
 
 def test_dp_shards_are_equal_and_padding_is_masked():

@@ -15,6 +15,9 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+import torch
+
+from igrpo_megatron.algorithms.shaping import soft_overlong_penalty
 from igrpo_megatron.config import Config
 from igrpo_megatron.data.chat import render
 from igrpo_megatron.registry import Registry
@@ -51,11 +54,19 @@ class RolloutMethod:
         return ids[:-1] if ids and ids[-1] == self.tokenizer.eos_token_id else ids
 
     async def sample_and_score(self, prompt_ids: list[int], n: int, question: str, answer: str):
-        """``n`` samples of one prompt and their ``(samples, rewards, accuracy, format)``."""
+        """``n`` samples of one prompt and their ``(samples, rewards, accuracy, format)``; with
+        ``reward.overlong_cache_tokens`` the rewards include DAPO's length penalty (every sample)."""
         samples = await self.client.generate(prompt_ids, n=n, params=self.params)
         items = [RewardItem(self.decode(s.token_ids), answer, question) for s in samples]
         results = await self.reward.score_async(items)
-        return samples, [r.total for r in results], [r.accuracy for r in results], [r.format for r in results]
+        rewards = [r.total for r in results]
+        rc = self.cfg.reward
+        if rc.overlong_cache_tokens is not None:
+            lengths = torch.tensor([len(s.token_ids) for s in samples])
+            penalty = soft_overlong_penalty(lengths, rc.overlong_cap(self.cfg.rollout.max_tokens),
+                                            rc.overlong_cache_tokens)
+            rewards = [x + float(p) for x, p in zip(rewards, penalty)]
+        return samples, rewards, [r.accuracy for r in results], [r.format for r in results]
 
     async def run(self, prompts: Sequence) -> list:
         raise NotImplementedError

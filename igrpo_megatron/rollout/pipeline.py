@@ -29,11 +29,11 @@ rank 0 alone generates (``run`` is ``None`` elsewhere).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Optional
 
 from igrpo_megatron.rollout.client import StaleRolloutError
+from igrpo_megatron.rollout.dynamic_sampling import SampledStep
 from igrpo_megatron.rollout.two_stage import PromptRollout
 
 
@@ -61,17 +61,17 @@ class RolloutPipeline:
     """
 
     def __init__(self, async_steps: int, next_prompts: Callable[[], list],
-                 run: Optional[Callable[[list], list[PromptRollout]]]):
+                 run: Optional[Callable[[list], SampledStep]]):
         self.async_steps, self.next_prompts, self.run = async_steps, next_prompts, run
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="rollout") if async_steps else None
         self._ahead = False  # the next step's prompts are drawn (and, on rank 0, generating or resumed)
         self._pending: Optional[Future] = None
-        self._resumed: Optional[list[PromptRollout]] = None  # a checkpoint's finished rollout
+        self._resumed: Optional[SampledStep] = None  # a checkpoint's finished rollout
 
-    def _generate(self, prompts: list) -> Optional[list[PromptRollout]]:
+    def _generate(self, prompts: list) -> Optional[SampledStep]:
         return self.run(prompts) if self.run is not None else None
 
-    def take(self, more_steps: bool) -> Optional[list[PromptRollout]]:
+    def take(self, more_steps: bool) -> Optional[SampledStep]:
         """This step's rollout (``None`` off rank 0); one step off, also start the next step's
         rollout when ``more_steps`` remain."""
         if not self._ahead:  # on-policy, or the first step of a run
@@ -92,16 +92,16 @@ class RolloutPipeline:
         if self._pending is not None:
             self._pending.exception()  # waits; a failure is raised by the take() that needs it
 
-    def state_dict(self) -> Optional[list[dict]]:
+    def state_dict(self) -> Optional[dict]:
         """The finished rollout the next step will train on (at a step boundary), JSON-ready."""
         self.wait()
         if self._pending is None:
             return None
-        return [dataclasses.asdict(g) for g in self._pending.result()]
+        return self._pending.result().state_dict()
 
-    def load_state_dict(self, state: Optional[list[dict]]) -> None:
+    def load_state_dict(self, state: Optional[dict]) -> None:
         self._ahead = state is not None
-        self._resumed = None if state is None else [PromptRollout(**g) for g in state]
+        self._resumed = None if state is None else SampledStep.from_state(state)
 
     def close(self, loop: Optional[asyncio.AbstractEventLoop]) -> None:
         """Cancel a background rollout on ``loop`` and wait for its thread (any exit)."""

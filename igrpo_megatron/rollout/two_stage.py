@@ -13,12 +13,14 @@ a :class:`TokenizedPrompt` (ready for the server), each sampled completion is sc
 from __future__ import annotations
 
 import asyncio
+import zlib
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
 
-from igrpo_megatron.algorithms.igrpo import refinement_prompt_ids, select_best_drafts
+from igrpo_megatron.algorithms.draft_selection import select_drafts
+from igrpo_megatron.algorithms.igrpo import refinement_prompt_ids
 from igrpo_megatron.rollout.methods import METHODS, RolloutMethod
 
 
@@ -55,7 +57,7 @@ class PromptRollout:
     draft_rewards: list[float] = field(default_factory=list)
     draft_accuracy: list[float] = field(default_factory=list)
     draft_format: list[float] = field(default_factory=list)
-    best_draft: int = -1
+    best_draft: int = -1  # the draft stage 2 refined (igrpo.draft_selection; the best by default)
     weight_version: int = -1
     # Critique-GRPO: indices of the responses sampled under a critique prompt but trained under
     # ``prompt_ids`` (the question) with the shaping pi / (pi + gamma) (algorithms/baselines.py).
@@ -77,6 +79,13 @@ class PromptRollout:
 class TwoStageRollout(RolloutMethod):
     """Stage 1 and stage 2 of one step against the rollout server, on rank 0's event loop."""
 
+    def choose_draft(self, p: TokenizedPrompt, rewards, accuracy, fmt, weight_version: int) -> int:
+        """The draft ``igrpo.draft_selection`` picks; ``random`` is seeded by the run's seed, the
+        prompt and the weight version, so a resumed run picks the same."""
+        seed = zlib.crc32(f"{self.cfg.train.seed}:{p.id}:{weight_version}".encode())
+        return int(select_drafts(self.cfg.igrpo.draft_selection, torch.tensor([rewards]), torch.tensor([accuracy]),
+                                 torch.tensor([fmt]), torch.Generator().manual_seed(seed))[0])
+
     async def drafts(self, p: TokenizedPrompt):
         """Stage 1: N drafts of ``p``, scored; ``None`` for GRPO."""
         if self.cfg.igrpo.num_drafts == 0:
@@ -89,7 +98,7 @@ class TwoStageRollout(RolloutMethod):
         prompt_ids = p.prompt_ids
         if drafts is not None:
             samples, rewards, accuracy, fmt = drafts
-            best = int(select_best_drafts(torch.tensor([rewards]), torch.tensor([accuracy]))[0][0])
+            best = self.choose_draft(p, rewards, accuracy, fmt, min(s.weight_version for s in samples))
             draft = self.strip_eos(samples[best].token_ids)  # the draft's end-of-turn is not quoted
             prompt_ids = refinement_prompt_ids(
                 p.question + self.cfg.data.user_suffix, draft, system_prompt=self.cfg.data.system_prompt,
