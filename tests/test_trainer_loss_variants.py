@@ -27,7 +27,9 @@ def _train(tmp_path, model_dir, server, name: str, loss: dict) -> list[dict]:
         model_dir, str(tmp_path / name), port=free_port(),
         parallel={"tp": 1},
         igrpo={"num_drafts": 0, "num_refinements": 4, "group_budget": 4},
-        loss=loss,
+        # DAPO's refill keeps only groups with a reward spread: without it a step whose first
+        # mini-batch drew only zero-variance groups left the policy unmoved (clip_frac 0, seen once)
+        loss={"dynamic_sampling": True, **loss},
         reward={"overlong_max_tokens": MAX_TOKENS, "overlong_cache_tokens": MAX_TOKENS},
         data={"synthetic_size": 64},
         rollout={"server_urls": [server.url], "api_key": server.api_key, "refit_transport": "http",
