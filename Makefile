@@ -19,7 +19,7 @@ fixtures: venv
 	$(BIN)/python -m igrpo_megatron.demo.real_model
 
 test: fixtures
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=40 tests
 
 clean:
 	rm -rf $(VENV)
