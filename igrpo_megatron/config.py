@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -219,6 +220,19 @@ class IGRPOConfig(Section):
                  "igrpo.max_draft_tokens must be >= 1 or null (null: whatever the prompt budget leaves)")
 
 
+# The reply the judge's prompt asks for (rewards/judge.py), a grade in [0, 1] with at most two
+# decimals, which ``judge.parse_score`` reads; at most 8 tokens in a Llama/Qwen vocabulary.
+JUDGE_GRADE_REGEX = r"SCORE: (0(\.[0-9]{1,2})?|1(\.00?)?)"
+
+
+def _compiles(pattern: str) -> bool:
+    try:
+        re.compile(pattern)
+    except re.error:
+        return False
+    return True
+
+
 @dataclass
 class RewardConfig(Section):
     """total = accuracy_weight * accuracy + format_weight * format (paper: 1.0 + 1.0)."""
@@ -246,6 +260,9 @@ class RewardConfig(Section):
     judge_fallback_score: float = opt(0.0, "judge: accuracy when the reply is unusable (counted)")
     judge_reply_prefix: str = opt(
         "", "judge: forced start of the reply (vLLM continue_final_message), e.g. SCORE: for a small judge")
+    judge_reply_regex: str = opt(
+        JUDGE_GRADE_REGEX, "judge: the reply is constrained to this regex (vLLM structured_outputs); the default "
+        "is the grade line alone; \"\": free reply (a judge that reasons first, a server without the extension)")
     overlong_cache_tokens: Optional[int] = opt(
         None, "DAPO overlong punishment: the last L_cache tokens before the cap ramp down to -1 (DAPO: 4,096); null: off")
     overlong_max_tokens: Optional[int] = opt(
@@ -262,6 +279,8 @@ class RewardConfig(Section):
                  "reward.kind=judge needs reward.judge_url (an OpenAI-compatible endpoint)")
         _require(self.kind != "judge" or bool(self.judge_model),
                  "reward.kind=judge needs reward.judge_model (the model name the judge server serves)")
+        _require(_compiles(self.judge_reply_regex),
+                 f"reward.judge_reply_regex={self.judge_reply_regex!r} is not a valid regex; fix it or set it to \"\"")
 
 
 @dataclass

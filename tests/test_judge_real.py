@@ -30,8 +30,7 @@ def test_two_steps_with_the_judge_as_reward(judge_server, tiny_qwen2, tmp_path):
     prompts = 2
     cfg = tiny_run_config(
         tiny_qwen2, str(tmp_path / "run"), port=free_port(),
-        reward={"kind": "judge", "judge_url": judge_server.url, "judge_model": "policy", "judge_max_tokens": 6,
-                "judge_reply_prefix": "SCORE:"},
+        reward={"kind": "judge", "judge_url": judge_server.url, "judge_model": "policy", "judge_max_tokens": 8},
         data={"synthetic_size": 16}, rollout={"max_tokens": 12, "startup_timeout_s": 400},
         train={"prompts_per_step": prompts, "max_steps": 2, "save_every": 0})
     path = tmp_path / "run.yaml"
@@ -44,7 +43,9 @@ def test_two_steps_with_the_judge_as_reward(judge_server, tiny_qwen2, tmp_path):
         # every draft and refinement (2 + 2 per prompt) went to the judge, and its figures are the step's own
         assert r["reward_items"] == r["step"] * prompts * 4 and r["reward_request_failures"] == 0
         assert all(k in r for k in JUDGE_FIELDS)
-        assert r["judge_grades_per_s"] > 0 and 0 <= r["judge_unparseable_frac"] <= 1
+        # the reply constrained to the grade line (reward.judge_reply_regex, the default) always parses;
+        # without it 50 of 50 of this judge's replies held no grade
+        assert r["judge_grades_per_s"] > 0 and r["judge_unparseable_frac"] == 0 and r["reward_errors"] == 0
         # the judge's grades ranked the drafts: the chosen one is graded at least as well as the mean draft
         assert r["best_draft_acc"] >= r["draft_acc"]
     assert out.count("grades/s unparseable") == 2

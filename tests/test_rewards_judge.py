@@ -7,7 +7,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from igrpo_megatron.config import ConfigError, RewardConfig
+from igrpo_megatron.config import JUDGE_GRADE_REGEX, ConfigError, RewardConfig
 from igrpo_megatron.rewards import RewardItem, make_reward
 from igrpo_megatron.metrics import JudgeWatch, progress_line
 from igrpo_megatron.rewards.judge import defuse, judge_messages, parse_score
@@ -111,6 +111,28 @@ def test_scores_parsing_fallbacks_and_counters(judge_server, monkeypatch):
     assert path == "/v1/chat/completions"
     assert headers["Authorization"] == "Bearer sekret"
     assert body["model"] == "grader" and body["temperature"] == 0.0
+    # by default vLLM constrains the reply to the grade line (its structured outputs; 0.32 ignores guided_regex)
+    assert body["structured_outputs"] == {"regex": JUDGE_GRADE_REGEX}
+
+
+def test_free_reply_sends_no_constraint(judge_server):
+    with make_reward(_cfg(judge_server.url, judge_reply_regex="")) as judge:
+        (result,) = judge.score([("case:good", "19", "What is 7 + 12?")])
+    assert result.accuracy == 0.8
+    _, _, body = judge_server.requests[0]
+    assert "structured_outputs" not in body and body["max_tokens"] == 512
+
+
+def test_every_reply_the_grade_regex_admits_parses_to_its_grade():
+    """The constraint and the parser agree: all 114 strings of the default regex's language parse to
+    the number they spell, which lies in [0, 1]; a bad regex is refused before any request."""
+    grades = ["0", "1", "1.0", "1.00"] + [f"0.{d}" for d in range(10)] + [f"0.{d:02d}" for d in range(100)]
+    grammar = re.compile(JUDGE_GRADE_REGEX)
+    assert len(set(grades)) == 114 and all(grammar.fullmatch(f"SCORE: {g}") for g in grades)
+    assert [parse_score(f"SCORE: {g}") for g in grades] == [float(g) for g in grades]
+    assert not any(grammar.fullmatch(f"SCORE: {g}") for g in ("1.5", "2", "-0", "0.123", "score: 1", "SCORE:1"))
+    with pytest.raises(ConfigError, match="judge_reply_regex"):
+        RewardConfig(kind="judge", judge_url="http://127.0.0.1:1", judge_model="m", judge_reply_regex="(").validate()
 
 
 def test_solution_is_fenced_and_cannot_close_its_fence(judge_server):

@@ -8,16 +8,19 @@ copy of those tags, any chat-template control token (``<|im_start|>``, ``<|eot_i
 a server renders the messages through the template, so a literal one would open a new turn) and
 any line in the reply's own ``SCORE: x`` format is defused first, so a draft can neither close
 its fence, nor speak as another role, nor hand the judge a grade to copy. The grade is read from
-the LAST ``SCORE:`` of the reply (a judge quoting the solution first does not count).
-Every way the judge can fail (no connection, 5xx, a reply without a score, a score outside
-[0, 1]) gives ``judge_fallback_score`` and is counted; nothing raises into the trainer. The
-counters also hold the judge's busy time (wall seconds with a request in flight), from which the
-step record derives grades per second (``metrics.JudgeWatch``).
+the LAST ``SCORE:`` of the reply (a judge quoting the solution first does not count). By default
+the reply is constrained to the grade line itself (``reward.judge_reply_regex``, vLLM's structured
+outputs): a small judge asked for ``SCORE: x`` otherwise writes anything but (SmolLM2-135M: 50 of
+50 replies without a grade), and an injected draft cannot make it write more than a grade.
+The requests go through the project's one chat client (``rollout/chat_endpoint.py``). Every way
+the judge can fail (no connection, 5xx, a reply without a score, a score outside [0, 1]) gives
+``judge_fallback_score`` and is counted; nothing raises into the trainer. The counters also hold
+the judge's busy time (wall seconds with a request in flight), from which the step record derives
+grades per second (``metrics.JudgeWatch``).
 """
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import time
 from contextlib import contextmanager
@@ -28,7 +31,7 @@ import aiohttp
 from igrpo_megatron.config import ConfigError, RewardConfig
 from igrpo_megatron.rewards.base import RewardItem, RewardResult, as_items, make_result
 from igrpo_megatron.rewards.extract import format_reward
-from igrpo_megatron.rollout.retry import RETRY_STATUSES, backoff_s, transient_errors
+from igrpo_megatron.rollout.chat_endpoint import ChatEndpoint, ChatEndpointError
 
 FENCES = ("judge_problem", "judge_reference_answer", "judge_solution")
 _FENCE_TAG_RE = re.compile(r"<\s*/?\s*(?:%s)\s*>" % "|".join(FENCES), re.IGNORECASE)
@@ -80,10 +83,6 @@ def parse_score(reply: str) -> Optional[float]:
     return value if 0.0 <= value <= 1.0 else None
 
 
-class _RequestFailed(Exception):
-    pass
-
-
 class JudgeReward:
     """Scores completions with a generative judge. Counters: items, errors (fell back to
     ``judge_fallback_score``), unparseable (a reply came but held no score in [0, 1]),
@@ -97,11 +96,9 @@ class JudgeReward:
                               "server) and reward.judge_model (the model name it serves)")
         self.cfg = cfg
         self.build_messages = build_messages or judge_messages
-        base = cfg.judge_url.rstrip("/")
-        self.endpoint = base + ("/chat/completions" if base.endswith("/v1") else "/v1/chat/completions")
-        key = os.environ.get(cfg.judge_api_key_env)
-        self._headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self._counts = {"items": 0, "errors": 0, "unparseable": 0, "request_failures": 0, "retries": 0}
+        self.chat = ChatEndpoint(cfg.judge_url, cfg.judge_model, cfg.judge_api_key_env, name="judge",
+                                 timeout_s=cfg.judge_timeout_s, max_retries=cfg.judge_max_retries)
+        self._counts = {"items": 0, "errors": 0, "unparseable": 0, "request_failures": 0}
         self._busy_s, self._in_flight, self._busy_since = 0.0, 0, 0.0
 
     def score(self, items: Sequence) -> list[RewardResult]:
@@ -115,12 +112,11 @@ class JudgeReward:
         # One session per call: a session is bound to the loop that created it, and the trainer
         # may call us from different loops.
         limit = asyncio.Semaphore(self.cfg.judge_concurrency)
-        timeout = aiohttp.ClientTimeout(total=self.cfg.judge_timeout_s)
-        async with aiohttp.ClientSession(timeout=timeout, headers=self._headers) as session:
+        async with self.chat.session() as session:
             return list(await asyncio.gather(*(self._score_one(session, limit, it) for it in as_items(items))))
 
     def counters(self) -> dict[str, float]:
-        return {**self._counts, "busy_s": self._busy_s}
+        return {**self._counts, "retries": self.chat.retries, "busy_s": self._busy_s}
 
     @contextmanager
     def _busy(self) -> Iterator[None]:
@@ -158,7 +154,7 @@ class JudgeReward:
             if score is None:
                 self._counts["unparseable"] += 1
                 error = f"judge reply has no score in [0, 1]: {reply[-200:]!r}"
-        except _RequestFailed as e:
+        except ChatEndpointError as e:
             self._counts["request_failures"] += 1
             score, error = None, str(e)
         if score is None:
@@ -167,34 +163,12 @@ class JudgeReward:
         return make_result(score, fmt, self.cfg.accuracy_weight, self.cfg.format_weight, error=error)
 
     async def _ask(self, session: aiohttp.ClientSession, messages: list[dict]) -> str:
-        """The judge's reply text; transient failures (``rollout/retry.py``) are retried with backoff."""
-        body = {"model": self.cfg.judge_model, "messages": messages,
-                "max_tokens": self.cfg.judge_max_tokens, "temperature": 0.0}
+        """The judge's reply text, any forced prefix included."""
+        params = {"max_tokens": self.cfg.judge_max_tokens, "temperature": 0.0}
+        if self.cfg.judge_reply_regex:  # vLLM constrains the reply to the grade line (its structured outputs)
+            params["structured_outputs"] = {"regex": self.cfg.judge_reply_regex}
         prefix = self.cfg.judge_reply_prefix
         if prefix:  # the reply continues an assistant turn that already holds the prefix (a vLLM extension)
-            body.update(messages=[*messages, {"role": "assistant", "content": prefix}],
-                        add_generation_prompt=False, continue_final_message=True)
-        last = ""
-        for attempt in range(self.cfg.judge_max_retries + 1):
-            if attempt:
-                self._counts["retries"] += 1
-                await asyncio.sleep(backoff_s(attempt - 1))
-            try:
-                async with session.post(self.endpoint, json=body) as resp:
-                    if resp.status in RETRY_STATUSES:
-                        last = f"HTTP {resp.status}"
-                        continue
-                    if resp.status != 200:
-                        raise _RequestFailed(f"judge {self.endpoint} answered HTTP {resp.status}: "
-                                             f"{(await resp.text())[:200]}")
-                    data = await resp.json(content_type=None)
-            except transient_errors() as e:
-                last = f"{type(e).__name__}: {e}"
-                continue
-            except ValueError as e:  # not JSON
-                raise _RequestFailed(f"judge {self.endpoint} sent a body that is not JSON: {e}") from e
-            try:
-                return prefix + (data["choices"][0]["message"]["content"] or "")
-            except (KeyError, IndexError, TypeError):
-                return ""  # no reply text: parse_score gives None, counted as an unusable reply
-        raise _RequestFailed(f"judge {self.endpoint} failed after {self.cfg.judge_max_retries} retries: {last}")
+            messages = [*messages, {"role": "assistant", "content": prefix}]
+            params.update(add_generation_prompt=False, continue_final_message=True)
+        return prefix + await self.chat.reply(session, messages, **params)
