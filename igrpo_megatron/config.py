@@ -185,8 +185,14 @@ class IGRPOConfig(Section):
         "two_stage", "how groups are sampled: two_stage (iGRPO; num_drafts=0: GRPO), critique_grpo, self_verification")
     critique_refinements: int = opt(
         1, "critique_grpo: k of the group's num_refinements samples are refinements given a critique (7 + 1)")
-    critique_source: Literal["rule", "policy"] = opt(
-        "rule", "critique_grpo: rule (c_GT: the reward and the gold answer) or policy (self-critique)")
+    critique_source: Literal["rule", "policy", "endpoint"] = opt(
+        "rule", "critique_grpo: rule (c_GT: the reward and the gold answer), policy (self-critique), or endpoint "
+        "(an LLM critic behind igrpo.critic_url)")
+    critic_url: Optional[str] = opt(
+        None, "critique_source=endpoint: base URL of an OpenAI-compatible critic server, e.g. http://host:8000")
+    critic_model: Optional[str] = opt(None, "critique_source=endpoint: the model name the critic server serves")
+    critic_api_key_env: str = opt(
+        "IGRPO_CRITIC_API_KEY", "critique_source=endpoint: name of the env var holding the critic's key (may be unset)")
     critique_gamma: float = opt(0.1, "critique_grpo: shaping pi / (pi + gamma) of refinement tokens (paper: 0.1)")
     verify_buffer_size: int = opt(5000, "self_verification: solutions kept at each refresh (paper: 5,000 Qwen)")
     verify_refresh_every: Optional[int] = opt(
@@ -203,6 +209,10 @@ class IGRPOConfig(Section):
                  f"igrpo.critique_refinements={self.critique_refinements} must be in [1, num_refinements - 2]: "
                  f"the rest of the group ({self.num_refinements}) are initial responses, at least 2 (paper: 7 + 1)")
         _require(self.critique_gamma > 0, "igrpo.critique_gamma must be > 0 (paper: 0.1)")
+        _require(self.method != "critique_grpo" or self.critique_source != "endpoint"
+                 or bool(self.critic_url and self.critic_model),
+                 "igrpo.critique_source=endpoint needs igrpo.critic_url (base URL of an OpenAI-compatible server) "
+                 "and igrpo.critic_model (the model name it serves)")
         _require(self.verify_buffer_size >= 1, "igrpo.verify_buffer_size must be >= 1")
         _require(self.verify_refresh_every is None or self.verify_refresh_every >= 1,
                  "igrpo.verify_refresh_every must be >= 1 or null (null: a quarter of the run)")

@@ -1,5 +1,6 @@
 """Table 1's baselines on hand-computed examples: Critique-GRPO's mixed group, its shaped loss on
 refinement tokens; Self-Verification's balanced reward, its buffer, refresh and bit-exact state."""
+import asyncio
 import json
 import math
 
@@ -11,8 +12,11 @@ from igrpo_megatron.algorithms.baselines import (parse_verdict, pick_to_refine, 
 from igrpo_megatron.algorithms.losses import policy_loss
 from igrpo_megatron.batch import build_train_batch
 from igrpo_megatron.config import Config, ConfigError, IGRPOConfig, LossConfig, load_config
+from igrpo_megatron.errors import UserError
+from igrpo_megatron.rollout.chat_endpoint import ChatEndpointError
+from igrpo_megatron.rollout.critique import CritiqueRollout
 from igrpo_megatron.rollout.self_verification import VERIFY_ID, SelfVerificationRollout
-from igrpo_megatron.rollout.two_stage import PromptRollout
+from igrpo_megatron.rollout.two_stage import PromptRollout, TokenizedPrompt
 
 QUESTION_IDS = [5, 6, 7]
 
@@ -75,6 +79,21 @@ def test_critique_pieces_and_config_errors():
                                "igrpo.num_refinements=8", "igrpo.critique_refinements=7"])
     with pytest.raises(ConfigError, match=r"igrpo.method='dpo' is unknown|'dpo' is not one of"):
         load_config(overrides=["data.preset=synthetic", "igrpo.method=dpo"])
+
+
+def test_critic_endpoint_needs_its_url_and_a_dead_one_stops_with_one_line(tokenizer):
+    cg = ["data.preset=synthetic", "igrpo.method=critique_grpo", "igrpo.num_drafts=0", "igrpo.num_refinements=8",
+          "igrpo.critique_source=endpoint"]
+    with pytest.raises(ConfigError, match=r"^igrpo.critique_source=endpoint needs igrpo.critic_url .* igrpo.critic_model"):
+        load_config(overrides=cg + ["igrpo.critic_model=m"])
+    cfg = load_config(overrides=cg + ["igrpo.critic_url=http://127.0.0.1:9", "igrpo.critic_model=m",
+                                      "rollout.max_retries=0"])  # port 9: refused
+    method = CritiqueRollout(cfg, None, None, None, tokenizer)
+    p = TokenizedPrompt(id="q", question="What is 2 + 2?", answer="4", prompt_ids=QUESTION_IDS)
+    with pytest.raises(ChatEndpointError, match=r"^critic http://127.0.0.1:9/v1/chat/completions failed after 0 "
+                                                r"retries: ClientConnectorError") as e:
+        asyncio.run(method.critique(p, [11, 12], correct=False))
+    assert isinstance(e.value, UserError) and "\n" not in str(e.value)
 
 
 def test_verification_reward_is_balanced_by_the_group_correct_ratio():

@@ -25,9 +25,9 @@ CRITIQUE_REFINE_TEMPLATE = (
     "- Formatting the final answer as \\boxed{{answer}}.\n"
     "Ensure the revised solution addresses all issues raised in the critique."
 )
-# The self-critique prompt (critique_source=policy): the project's wording; [CG]'s critic also
-# sees the reference answer.
-SELF_CRITIQUE_TEMPLATE = (
+# The critic's prompt (critique_source=policy: the policy itself; endpoint: an LLM critic): the
+# project's wording; [CG]'s critic also sees the reference answer.
+CRITIC_TEMPLATE = (
     "Question: {question}\n\nA student's solution:\n{solution}\n\nThe reference answer is {gold}. "
     "Critique the solution step by step: say whether its final answer is correct and point out each error."
 )

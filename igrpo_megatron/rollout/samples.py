@@ -1,10 +1,11 @@
 """``rollouts.jsonl``: what the model wrote, kept beside the metrics so a run can be read, not only plotted.
 
 One JSON line per kept prompt and step: the question and gold answer, every draft with its reward,
-the chosen draft, every refinement with its reward, length and finish reason, and the weight
-version that generated them. ``train.samples_fraction`` keeps a seeded share of the prompts (the
-same share after a resume, since the choice depends only on the step and the prompt's position);
-``train.samples_token_ids`` also stores token ids, for exact offline re-scoring.
+the chosen draft, every refinement with its reward, length and finish reason (Critique-GRPO: and
+the critiques), and the weight version that generated them. ``train.samples_fraction`` keeps a
+seeded share of the prompts (the same share after a resume, since the choice depends only on the
+step and the prompt's position); ``train.samples_token_ids`` also stores token ids, for exact
+offline re-scoring.
 ``igrpo-plot RUN_DIR --samples [--step N]`` prints them.
 """
 from __future__ import annotations
@@ -45,6 +46,8 @@ class SampleLog:
                 row["token_ids"] = list(ids)
         rec = {"step": step, "id": g.id, "weight_version": g.weight_version, "question": g.question,
                "answer": g.answer, "drafts": drafts, "best_draft": g.best_draft, "refinements": refinements}
+        if g.critiques:
+            rec["critiques"] = list(g.critiques)
         if self.token_ids:
             rec["prompt_ids"] = list(g.prompt_ids)
         return rec

@@ -62,6 +62,7 @@ class PromptRollout:
     # Critique-GRPO: indices of the responses sampled under a critique prompt but trained under
     # ``prompt_ids`` (the question) with the shaping pi / (pi + gamma) (algorithms/baselines.py).
     shaped: list[int] = field(default_factory=list)
+    critiques: list[str] = field(default_factory=list)  # Critique-GRPO: the critique each shaped one was sampled under
 
     @classmethod
     def from_samples(cls, p: TokenizedPrompt, prompt_ids: Sequence[int], scored, **extra) -> "PromptRollout":
