@@ -186,13 +186,12 @@ class IGRPOConfig(Section):
     critique_refinements: int = opt(
         1, "critique_grpo: k of the group's num_refinements samples are refinements given a critique (7 + 1)")
     critique_source: Literal["rule", "policy", "endpoint"] = opt(
-        "rule", "critique_grpo: rule (c_GT: the reward and the gold answer), policy (self-critique), or endpoint "
-        "(an LLM critic behind igrpo.critic_url)")
+        "rule", "critique_grpo: rule (c_GT: reward + gold answer), policy (self-critique), endpoint (igrpo.critic_url)")
     critic_url: Optional[str] = opt(
         None, "critique_source=endpoint: base URL of an OpenAI-compatible critic server, e.g. http://host:8000")
     critic_model: Optional[str] = opt(None, "critique_source=endpoint: the model name the critic server serves")
     critic_api_key_env: str = opt(
-        "IGRPO_CRITIC_API_KEY", "critique_source=endpoint: name of the env var holding the critic's key (may be unset)")
+        "IGRPO_CRITIC_API_KEY", "critique_source=endpoint: the env var holding the critic's key (may be unset)")
     critique_gamma: float = opt(0.1, "critique_grpo: shaping pi / (pi + gamma) of refinement tokens (paper: 0.1)")
     verify_buffer_size: int = opt(5000, "self_verification: solutions kept at each refresh (paper: 5,000 Qwen)")
     verify_refresh_every: Optional[int] = opt(
@@ -271,8 +270,7 @@ class RewardConfig(Section):
     judge_reply_prefix: str = opt(
         "", "judge: forced start of the reply (vLLM continue_final_message), e.g. SCORE: for a small judge")
     judge_reply_regex: str = opt(
-        JUDGE_GRADE_REGEX, "judge: the reply is constrained to this regex (vLLM structured_outputs); the default "
-        "is the grade line alone; \"\": free reply (a judge that reasons first, a server without the extension)")
+        JUDGE_GRADE_REGEX, "judge: regex the reply must match (vLLM structured_outputs; default: the grade line); \"\": free")
     overlong_cache_tokens: Optional[int] = opt(
         None, "DAPO overlong punishment: the last L_cache tokens before the cap ramp down to -1 (DAPO: 4,096); null: off")
     overlong_max_tokens: Optional[int] = opt(
