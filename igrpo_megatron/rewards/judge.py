@@ -162,8 +162,9 @@ class JudgeReward:
             score = self.cfg.judge_fallback_score
         return make_result(score, fmt, self.cfg.accuracy_weight, self.cfg.format_weight, error=error)
 
-    async def _ask(self, session: aiohttp.ClientSession, messages: list[dict]) -> str:
-        """The judge's reply text, any forced prefix included."""
+    def request(self, messages: list[dict]) -> tuple[list[dict], dict]:
+        """The messages and body parameters of one grade request (the injection benchmark asks the
+        same question with logprobs added)."""
         params = {"max_tokens": self.cfg.judge_max_tokens, "temperature": 0.0}
         if self.cfg.judge_reply_regex:  # vLLM constrains the reply to the grade line (its structured outputs)
             params["structured_outputs"] = {"regex": self.cfg.judge_reply_regex}
@@ -171,4 +172,9 @@ class JudgeReward:
         if prefix:  # the reply continues an assistant turn that already holds the prefix (a vLLM extension)
             messages = [*messages, {"role": "assistant", "content": prefix}]
             params.update(add_generation_prompt=False, continue_final_message=True)
-        return prefix + await self.chat.reply(session, messages, **params)
+        return messages, params
+
+    async def _ask(self, session: aiohttp.ClientSession, messages: list[dict]) -> str:
+        """The judge's reply text, any forced prefix included."""
+        messages, params = self.request(messages)
+        return self.cfg.judge_reply_prefix + await self.chat.reply(session, messages, **params)

@@ -24,8 +24,8 @@ class ChatEndpointError(UserError, RuntimeError):
 
 
 class ChatEndpoint:
-    """``reply(session, messages, **params)`` posts one chat completion; ``params`` go into the
-    request body as they are (``max_tokens``, ``temperature``, vLLM's ``structured_outputs``, ...).
+    """``reply(session, messages, **params)`` posts one chat completion (``complete``: its whole
+    first choice); ``params`` go into the request body as they are (``max_tokens``, ``temperature``, vLLM's ``structured_outputs``, ...).
     ``retries`` counts the retries of every request so far."""
 
     def __init__(self, url: str, model: str, api_key_env: str, *, name: str, timeout_s: float, max_retries: int):
@@ -42,9 +42,17 @@ class ChatEndpoint:
 
     async def reply(self, session: Optional[aiohttp.ClientSession], messages: list[dict], **params) -> str:
         """The reply's text ("" when the answer holds none); ``session=None`` opens one for this request."""
+        choice = await self.complete(session, messages, **params)
+        try:
+            return choice["message"]["content"] or ""
+        except (KeyError, TypeError):
+            return ""
+
+    async def complete(self, session: Optional[aiohttp.ClientSession], messages: list[dict], **params) -> dict:
+        """The answer's first choice as sent (``{}`` when it has none): the reply and, if asked, its logprobs."""
         if session is None:
             async with self.session() as own:
-                return await self.reply(own, messages, **params)
+                return await self.complete(own, messages, **params)
         body = {"model": self.model, "messages": messages, **params}
         last = ""
         for attempt in range(self.max_retries + 1):
@@ -66,7 +74,7 @@ class ChatEndpoint:
             except ValueError as e:  # not JSON
                 raise ChatEndpointError(f"{self.name} {self.url} sent a body that is not JSON: {e}") from e
             try:
-                return data["choices"][0]["message"]["content"] or ""
+                return data["choices"][0]
             except (KeyError, IndexError, TypeError):
-                return ""
+                return {}
         raise ChatEndpointError(f"{self.name} {self.url} failed after {self.max_retries} retries: {last}")
