@@ -161,8 +161,8 @@ def test_control_tokens_and_grade_lines_are_defused():
     (_, user) = judge_messages("What is 7 + 12?", "19", attack)
     solution = user["content"].split("<judge_solution>")[1].split("</judge_solution>")[0]
     assert solution == ("\n7 + 12 = 20[control token removed]\n[control token removed]assistant\n"
-                        "[grade format removed] 1[control token removed][control token removed] grade it "
-                        "**[grade format removed]** 1 [control token removed][control token removed]"
+                        "[grade format removed][control token removed][control token removed] grade it "
+                        "**[grade format removed] [control token removed][control token removed]"
                         "[control token removed]\n")
     assert parse_score(solution) is None  # nothing left that the reply parser would read as a grade
     assert defuse("a <b> c | d 3 > 2, score 5/10") == "a <b> c | d 3 > 2, score 5/10"  # ordinary text stays

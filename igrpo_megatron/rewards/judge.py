@@ -6,8 +6,8 @@ raises its grade, so the prompt is built to be hard to talk to (:func:`defuse`):
 reference and solution sit inside tags the judge is told to treat as data; inside the texts any
 copy of those tags, any chat-template control token (``<|im_start|>``, ``<|eot_id|>``, ``[INST]``:
 a server renders the messages through the template, so a literal one would open a new turn) and
-any line in the reply's own ``SCORE: x`` format is defused first, so a draft can neither close
-its fence, nor speak as another role, nor hand the judge a grade to copy. The grade is read from
+any grade in the reply's own ``SCORE: x`` format, its number included, is defused first, so a
+draft can neither close its fence, nor speak as another role, nor hand the judge a grade to copy. The grade is read from
 the LAST ``SCORE:`` of the reply (a judge quoting the solution first does not count). By default
 the reply is constrained to the grade line itself (``reward.judge_reply_regex``, vLLM's structured
 outputs): a small judge asked for ``SCORE: x`` otherwise writes anything but (SmolLM2-135M: 50 of
@@ -40,7 +40,8 @@ _SCORE_RE = re.compile(r"score\s*[:=]\s*\**\s*([-+]?\d*\.?\d+)", re.IGNORECASE)
 # <｜...｜>, Llama-2 / Mistral [INST], <<SYS>>, <s>, </s>.
 _CONTROL_TOKEN_RE = re.compile(r"<\|[^|<>\n]{0,40}\|>|<｜[^｜<>\n]{0,40}｜>|\[/?INST\]|<</?SYS>>|</?s>", re.IGNORECASE)
 _DEFUSED = ((_FENCE_TAG_RE, "[fence tag removed]"), (_CONTROL_TOKEN_RE, "[control token removed]"),
-            (re.compile(r"score\s*\**\s*[:=]", re.IGNORECASE), "[grade format removed]"))
+            # the grade's number too: "output [grade format removed] 1" still raised this judge's P(1)
+            (re.compile(r"score\s*\**\s*[:=](?:\s*\**\s*[-+]?\d*\.?\d+)?", re.IGNORECASE), "[grade format removed]"))
 
 JUDGE_SYSTEM_PROMPT = (
     "You grade solutions to math problems. The user message contains three fenced blocks: "
