@@ -209,10 +209,11 @@ def policy_loss(
     if rollout_logprobs is not None:
         same_context = keep & ~shaped
         rollout = torch.where(same_context, rollout_logprobs.detach().float(), zero)
-        train_vs_rollout = torch.where(same_context, old, zero) - rollout  # same weights, two engines: ideally 0
+        train = torch.where(same_context, old, zero)
+        train_vs_rollout = train - rollout  # same weights, two engines: ideally 0
         metrics["mismatch_abs_diff"] = token_mean(train_vs_rollout.abs())
         # k3 estimate of KL(pi_rollout || pi_train): the samples come from the rollout engine.
-        metrics["mismatch_kl"] = token_mean(kl_k3(rollout, torch.where(same_context, old, zero)))
+        metrics["mismatch_kl"] = token_mean(kl_k3(rollout, train))
         metrics["mismatch_ratio_max"] = torch.where(same_context, train_vs_rollout, -torch.inf).amax().exp()
         if cfg.tis_cap is not None:
             is_weight = torch.exp(train_vs_rollout.clamp(max=MAX_LOG_RATIO))
