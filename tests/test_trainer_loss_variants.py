@@ -20,6 +20,7 @@ MAX_TOKENS = 12
 # The trainer's and vLLM's fp32 logprobs differ by float noise (measured: |diff| ~2e-7, the largest
 # weight 1.000001), so a cap of 1 is the one that float noise crosses.
 TIS_CAP = 1.0
+GSPO_CLIP_HIGH = 4e-4  # GSPO's narrow range: 1 - 3e-4 .. 1 + 4e-4
 
 
 def _train(tmp_path, model_dir, server, name: str, loss: dict) -> list[dict]:
@@ -63,7 +64,12 @@ def test_gspo_and_drgrpo(tmp_path, tiny_qwen2, rollout_server):
     """GSPO (sequence-level ratio, its narrow 3e-4 / 4e-4 clip) with Dr.GRPO's advantages and
     constant-normalised token sums: the second mini-batch's sequence ratios leave the narrow range."""
     records = _train(tmp_path, tiny_qwen2, rollout_server, "gspo_drgrpo",
-                     {"ratio_level": "sequence", "clip_low": 3e-4, "clip_high": 4e-4, "advantage": "drgrpo",
+                     {"ratio_level": "sequence", "clip_low": 3e-4, "clip_high": GSPO_CLIP_HIGH, "advantage": "drgrpo",
                       "aggregation": "seq_mean_token_sum_norm", "seq_sum_norm_constant": MAX_TOKENS})
     for r in records:
         assert r["clip_frac"] > 0 and r["kl"] > 0
+        # GSPO's sequence ratio: the first mini-batch's is 1 to float noise (~1e-7), so a largest
+        # ratio past the upper clip bound is the second's (measured: 1.10 and 1.30; clip_frac_high
+        # 0.125 and 0.10, clip_frac_low 0.225 and 0.24; seq_ratio_mean 0.997 and 1.035)
+        assert r["seq_ratio_max"] > 1 + GSPO_CLIP_HIGH
+        assert 0 < r["seq_ratio_mean"] < r["seq_ratio_max"]
