@@ -177,6 +177,14 @@ class Trainer:
                        for _ in range(t.ppo_epochs) for m in range(t.mini_batches)]
         return mean_over_updates(updates)
 
+    def weight_norms(self) -> dict[str, float]:
+        """The policy's parameter norm, and the reference's: the starting model's every step, as the
+        reference is frozen (collective)."""
+        norms = {"weight_norm": self.policy.weight_norm()}
+        if self.reference is not None:
+            norms["ref_weight_norm"] = self.reference.weight_norm()
+        return norms
+
     def step(self) -> dict:
         """One iteration; returns its metrics record (complete on rank 0, which logs it)."""
         watch = Stopwatch(PHASES)
@@ -198,7 +206,7 @@ class Trainer:
         with watch("refit"):
             refit_stats = self.refit()
         record = {"step": self.step_idx, "weight_version": self.weight_version,
-                  "prompts_consumed": self.prompts.consumed}
+                  "prompts_consumed": self.prompts.consumed, **self.weight_norms()}
         if self.is_driver:
             record.update(step_record(groups, self.cfg.igrpo.num_drafts, {**batch_info, **sampled.record()},
                                       train_metrics, watch, refit_stats, self.conn.counters()))
