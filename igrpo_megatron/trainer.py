@@ -208,7 +208,8 @@ class Trainer:
         record = {"step": self.step_idx, "weight_version": self.weight_version,
                   "prompts_consumed": self.prompts.consumed, **self.weight_norms()}
         if self.is_driver:
-            record.update(step_record(groups, self.cfg.igrpo.num_drafts, {**batch_info, **sampled.record()},
+            record.update(step_record(groups, self.cfg.igrpo.num_drafts,
+                                      {**batch_info, **sampled.record(), **self.method.record(groups)},
                                       train_metrics, watch, refit_stats, self.conn.counters()))
             self.logger.log(record)
             self.samples.write(self.step_idx, groups)
