@@ -91,7 +91,7 @@ class Trainer:
             self.conn = connect(cfg, cfg.train.output_dir, is_driver=self.is_driver)
             # igrpo.method (rollout/methods.py); on every rank, since a method may hold training state
             self.method = make_method(cfg, self.conn.client, SamplingParams.from_config(cfg.rollout),
-                                       self.conn.reward, self.tokenizer, total_steps=self.total_steps)
+                                      self.conn.reward, self.tokenizer, total_steps=self.total_steps)
             if resumed is not None:
                 self.method.load_state_dict(resumed.method_state)
             self.refit()  # the server started from hf_path; from here on it serves the policy's weights

@@ -178,8 +178,7 @@ class Policy:
 
         norms = [torch.linalg.vector_norm(p.detach(), dtype=torch.float32) for chunk in self.model_chunks
                  for p in chunk.parameters() if param_is_not_shared(p) and param_is_not_tensor_parallel_duplicate(p)]
-        total = torch.stack(norms).double().square().sum() if norms else torch.zeros((), dtype=torch.float64,
-                                                                                       device=current_device())
+        total = torch.stack(norms).double().square().sum()
         group = ps.get_model_parallel_group()
         if dist.get_world_size(group) > 1:
             dist.all_reduce(total, group=group)
