@@ -5,7 +5,7 @@ problems (``data.synthetic.word_problems``), with a held-out evaluation split.
 The training and evaluation problems come from two seeds and every evaluated question that also
 occurs in the training file is dropped, so no evaluated question is ever trained on. Every run has
 the same prompts per step (same data seed, same order) and the same sampling seeds; only the method
-differs. Accuracy is single-shot (stage-1 prompt, no draft) at the training temperature, before and
+differs. Accuracy is single-shot (stage-1 prompt, no draft) at the training temperature (0.7, the paper's; the demo config's), before and
 after RL, on the held-out split; the table gives the mean over seeds and its standard error. The
 prompt is the configured one (a short system instruction, "Put the final answer in \\boxed{}"
 appended to the question); one extra GRPO run with the paper's prompt gives its first-step reward
@@ -33,7 +33,11 @@ METHODS = {
     "grpo": ["igrpo.num_drafts=0", "igrpo.num_refinements=8"],
     "igrpo": ["igrpo.num_drafts=4", "igrpo.num_refinements=4"],
 }
-CONFIGURED_PROMPT = ["data.system_prompt=You are a helpful assistant. Solve the problem.",
+# A worked example in the system prompt, single-quoted for YAML (it holds ": "); even with it
+# SmolLM2-135M boxed only 2 of 32 answers at T=0.7 in a quick check.
+CONFIGURED_PROMPT = ["data.system_prompt='You are a helpful assistant. Solve the problem, then give the final answer as "
+                     "\\boxed{N}. Example: Tom has 2 apples and gets 3 more. How many apples does Tom have? "
+                     "Answer: 2 + 3 = 5. \\boxed{5}'",
                      "data.user_suffix=' Put the final answer in \\boxed{}.'"]  # quoted: YAML keeps the space
 RESULT_FILE = "real_model_rl.json"
 
@@ -85,8 +89,8 @@ def run_once(name: str, overrides: list[str], eval_file: str, args) -> dict:
            f"model.hf_path={real_model_path()}", f"train.output_dir={run_dir}", "parallel.tp=1",
            "data.preset=null", f"data.source={args.train_file}", "data.seed=7",
            f"train.max_steps={args.steps}", f"train.prompts_per_step={args.prompts_per_step}",
-           f"train.micro_batch_size={args.prompts_per_step * 8}", "train.save_every=0",
-           f"rollout.port={free_port()}", "rollout.temperature=1.0", f"rollout.max_tokens={args.max_tokens}",
+           "train.micro_batch_size=8", "train.save_every=0",
+           f"rollout.port={free_port()}", f"rollout.max_tokens={args.max_tokens}",
            "igrpo.group_budget=null", *overrides]
     env = {"PYTHONWARNINGS": "ignore::UserWarning", **os.environ, "OMP_NUM_THREADS": "1",
            "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": REPO}
@@ -139,7 +143,7 @@ def main() -> None:
                                            f"rollout.seed={args.seeds[0]}"], no_eval, paper_args)
 
     print(f"\nSmolLM2-135M-Instruct, {len(args.seeds)} seeds, {args.steps} steps x {args.prompts_per_step} prompts "
-          f"x 8 samples, {len(held_out)} held-out problems x {args.eval_samples} sample(s), T=1, "
+          f"x 8 samples, {len(held_out)} held-out problems x {args.eval_samples} sample(s), T=0.7 (the paper's), "
           f"max_tokens {args.max_tokens}")
     print(f"{'method':<8}{'seed':>5}{'acc before':>12}{'acc after':>11}{'step s':>9}   reward per step")
     for m, runs in results.items():
