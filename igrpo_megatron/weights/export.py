@@ -70,8 +70,8 @@ def export_hf_weights(model_chunks, hf_cfg, bucket_bytes: int = 512 << 20, *, dt
 def _with_tied_head(tensors: Iterator[tuple[str, torch.Tensor]], wmap: WeightMap) -> Iterator[tuple[str, torch.Tensor]]:
     for name, tensor in tensors:
         yield name, tensor
-        if name == wmap.embedding_hf:
-            yield wmap.output_hf, tensor
+        if name == wmap.embedding_hf:  # a copy: safetensors refuses two names on one storage
+            yield wmap.output_hf, tensor.clone()
 
 
 def iter_hf_weights(model_chunks, hf_cfg, *, dtype: Optional[torch.dtype] = None,
