@@ -62,7 +62,7 @@ def test_convert_train_convert_back_and_eval_equal_transformers(real_model, tmp_
         real_model, str(run_dir), port=free_port(),
         model={"init_checkpoint": str(ckpt)},
         parallel={"tp": 1, "pp": 2},
-        optim={"lr": 1e-4},
+        optim={"lr": 3e-5},
         igrpo={"num_drafts": 0, "num_refinements": 6, "group_budget": None},
         data={"preset": None, "source": data, "system_prompt": "You are a helpful assistant."},
         rollout={"max_tokens": MAX_TOKENS, "max_prompt_tokens": 400, "max_model_len": 512, "startup_timeout_s": 900,
