@@ -48,6 +48,7 @@ STEP_FIELDS = (
     "no_signal",  # 1.0 when every group's rewards are equal: no advantage, no gradient this step
     "format_zero_steps",  # consecutive steps so far whose every refinement scored format 0
     "entropy",
+    "weight_norm",  # L2 norm of the policy's parameters after the update (Megatron-LM's params-norm)
     "kl",  # k3 KL(old || new) of this step's update (0 for a single on-policy step)
     "clip_frac",
     "logprob_mismatch",

@@ -38,8 +38,8 @@ from igrpo_megatron.models import Policy, broadcast_object, initialize_parallel,
 from igrpo_megatron.models.policy import needs_old_logprobs, optimizer_steps
 from igrpo_megatron.models.provider import check_layout
 from igrpo_megatron.rollout import RefitStats, RolloutConnection, SamplingParams, connect, make_method
-from igrpo_megatron.rollout.pipeline import RolloutPipeline, check_lag
 from igrpo_megatron.rollout.dynamic_sampling import SampledStep, sample_with_refill
+from igrpo_megatron.rollout.pipeline import RolloutPipeline, check_lag
 from igrpo_megatron.rollout.samples import SampleLog
 from igrpo_megatron.rollout.two_stage import TokenizedPrompt
 from igrpo_megatron.weights import export_hf_weights
@@ -77,7 +77,7 @@ class Trainer:
         self.rollouts = RolloutPipeline(cfg.rollout.async_steps, lambda: self.next_prompts(cfg.train.prompts_per_step),
                                         self._generate if self.is_driver else None)
         self.checkpointer = Checkpointer(cfg, self.policy, self.prompts, lambda: self.weight_version,
-                                         method_state=lambda: self.rollout.state_dict(), rollouts=self.rollouts)
+                                         method_state=lambda: self.method.state_dict(), rollouts=self.rollouts)
         resumed = self.checkpointer.resume()
         if resumed is not None:
             self.step_idx, self.weight_version = resumed.step, resumed.weight_version
@@ -90,10 +90,10 @@ class Trainer:
                 self._start_run_dir()
             self.conn = connect(cfg, cfg.train.output_dir, is_driver=self.is_driver)
             # igrpo.method (rollout/methods.py); on every rank, since a method may hold training state
-            self.rollout = make_method(cfg, self.conn.client, SamplingParams.from_config(cfg.rollout),
-                                       self.conn.reward, self.tokenizer, total_steps=self.total_steps)
+            self.method = make_method(cfg, self.conn.client, SamplingParams.from_config(cfg.rollout),
+                                      self.conn.reward, self.tokenizer, total_steps=self.total_steps)
             if resumed is not None:
-                self.rollout.load_state_dict(resumed.method_state)
+                self.method.load_state_dict(resumed.method_state)
             self.refit()  # the server started from hf_path; from here on it serves the policy's weights
         except BaseException:
             self.close()
@@ -139,11 +139,11 @@ class Trainer:
         """The step's rollouts (rank 0); with DAPO's dynamic sampling the zero-variance groups are
         dropped and refilled from further prompts (``loss.dynamic_sampling``, rollout/dynamic_sampling.py)."""
         if not self.cfg.loss.dynamic_sampling:
-            groups = await self.rollout.run(prompts)
+            groups = await self.method.run(prompts)
             return SampledStep(groups, groups)
         return await sample_with_refill(prompts, self.cfg.train.prompts_per_step,
                                         self.cfg.loss.dynamic_sampling_max_refills, self.next_prompts,
-                                        self.rollout.run)
+                                        self.method.run)
 
     def refit(self) -> Optional[RefitStats]:
         """Push the policy's weights to the rollout server as ``weight_version`` (collective);
@@ -178,6 +178,14 @@ class Trainer:
                        for _ in range(t.ppo_epochs) for m in range(t.mini_batches)]
         return mean_over_updates(updates)
 
+    def weight_norms(self) -> dict[str, float]:
+        """The policy's parameter norm, and the reference's: the starting model's every step, as the
+        reference is frozen (collective)."""
+        norms = {"weight_norm": self.policy.weight_norm()}
+        if self.reference is not None:
+            norms["ref_weight_norm"] = self.reference.weight_norm()
+        return norms
+
     def step(self) -> dict:
         """One iteration; returns its metrics record (complete on rank 0, which logs it)."""
         watch = Stopwatch(PHASES)
@@ -189,7 +197,7 @@ class Trainer:
         if not self.is_driver:
             self.next_prompts(sampled.refill_prompts)  # rank 0's refills consumed these prompts
         groups = sampled.groups
-        self.rollout.observe(groups)
+        self.method.observe(groups)
         batch, batch_info = build_train_batch(sampled.kept, self.cfg, self.pad_id)
         train_metrics = self.update(batch, watch) if len(batch) else {}
         self.step_idx += 1
@@ -199,9 +207,10 @@ class Trainer:
         with watch("refit"):
             refit_stats = self.refit()
         record = {"step": self.step_idx, "weight_version": self.weight_version,
-                  "prompts_consumed": self.prompts.consumed}
+                  "prompts_consumed": self.prompts.consumed, **self.weight_norms()}
         if self.is_driver:
-            record.update(step_record(groups, self.cfg.igrpo.num_drafts, {**batch_info, **sampled.record()},
+            record.update(step_record(groups, self.cfg.igrpo.num_drafts,
+                                      {**batch_info, **sampled.record(), **self.method.record(groups)},
                                       train_metrics, watch, refit_stats, self.conn.counters()))
             self.logger.log(record)
             self.samples.write(self.step_idx, groups)

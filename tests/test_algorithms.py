@@ -112,7 +112,7 @@ def test_clip_higher():
 
 def test_gspo_sequence_ratio_value_and_gradient():
     # s0 = exp(mean(ln 1.5, ln .5)) = sqrt(.75) = .866025 (A=1, r < 1 unclipped) -> -.866025
-    # s1 = (1.1 * .7 * 1) ** (1/3) = .916725 < .95 with A=-2 -> clipped: max(1.83345, 1.9) = 1.9
+    # s1 = (1.1 * .7 * 1) ** (1/3) = .916566 < .95 with A=-2 -> clipped: max(1.83313, 1.9) = 1.9
     cfg = LossConfig(ratio_level="sequence", clip_low=0.05, clip_high=0.05)
     lp = _logprobs()
     loss, m = policy_loss(lp, OLD, ADV, MASK, cfg)
@@ -122,6 +122,9 @@ def test_gspo_sequence_ratio_value_and_gradient():
     g = 0.866025 / 4
     torch.testing.assert_close(lp.grad, torch.tensor([[-g, -g, 0.0], [0.0, 0.0, 0.0]]), atol=1e-6, rtol=0)
     assert m["clip_frac_low"].item() == pytest.approx(0.6)  # all 3 tokens of seq 1, of 5
+    assert m["seq_ratio_mean"].item() == pytest.approx((0.75 ** 0.5 + 0.77 ** (1 / 3)) / 2, abs=1e-6)
+    assert m["seq_ratio_max"].item() == pytest.approx(0.77 ** (1 / 3), abs=1e-6)  # .916566
+    assert "seq_ratio_mean" not in policy_loss(_logprobs(), OLD, ADV, MASK, LossConfig())[1]  # token ratios: none
 
 
 def test_dual_clip_caps_negative_advantages():

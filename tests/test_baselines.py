@@ -93,6 +93,16 @@ def test_verification_reward_is_balanced_by_the_group_correct_ratio():
     assert strip_think("<think>scratch</think> <answer>4</answer>") == "<answer>4</answer>"
 
 
+def test_verify_acc_counts_right_verdicts_of_verifications_only(tokenizer):
+    """Two verification groups, 3 right verdicts of 4 and 1 of 4 (a verification's accuracy is
+    1[verdict == label], an unparseable reply 0): verify_acc 4 / 8; the problem group is not counted."""
+    sv = sv_method(tokenizer)
+    groups = [group("p1", [1, 1, 1, 1]), group(VERIFY_ID + "a", [1, 1, 1, 0]), group(VERIFY_ID + "b", [0, 0, 1, 0])]
+    assert sv.record(groups) == {"verify_acc": 0.5}
+    assert sv.record(groups[2:]) == {"verify_acc": 0.25}
+    assert math.isnan(sv.record(groups[:1])["verify_acc"])  # no verification this step
+
+
 @pytest.fixture(scope="module")
 def tokenizer(tiny_qwen2):
     from transformers import AutoTokenizer

@@ -2,6 +2,7 @@
 Critique-GRPO run and a Self-Verification run, each 2 steps of Megatron (TP=1) with refits over HTTP,
 and one step of verifications sampled from a restored buffer."""
 import json
+import math
 import os
 
 import pytest
@@ -60,6 +61,8 @@ def test_critique_grpo_and_self_verification_train_against_a_real_server(tmp_pat
     assert records[0]["num_samples"] == PROMPTS * 4
     assert records[1]["num_samples"] in {PROMPTS * 4 + 4 * k for k in range(3)}
     assert all(0 < e["p"] < 1 and isinstance(e["label"], bool) for e in state["buffer"])
+    for r in records:  # verify_acc in every record: NaN in a step without verifications, else a share
+        assert math.isnan(r["verify_acc"]) if r["num_samples"] == PROMPTS * 4 else 0 <= r["verify_acc"] <= 1
 
 
 def test_verification_prompts_from_the_buffer_against_the_real_server(tiny_qwen2, rollout_server):
@@ -69,7 +72,7 @@ def test_verification_prompts_from_the_buffer_against_the_real_server(tiny_qwen2
 
     from transformers import AutoTokenizer
 
-    from igrpo_megatron.algorithms.baselines import VERIFY_INSTRUCTION
+    from igrpo_megatron.algorithms.baselines import VERIFY_INSTRUCTION, parse_verdict
     from igrpo_megatron.config import Config, IGRPOConfig
     from igrpo_megatron.rollout import RolloutClient, SamplingParams
     from igrpo_megatron.rollout.self_verification import VERIFY_ID, SelfVerificationRollout
@@ -94,3 +97,8 @@ def test_verification_prompts_from_the_buffer_against_the_real_server(tiny_qwen2
     for g in groups:
         assert VERIFY_INSTRUCTION in tok.decode(g.prompt_ids)  # the three turns, the instruction last
         assert set(g.rewards) <= {0.0, 1.5, 0.5}  # a random model rarely writes a verdict: mostly 0
+    # verify_acc: the right verdicts, here exactly the verifications with a reward (p = 0.25 > 0)
+    rewards = [x for g in groups for x in g.rewards]
+    assert sv.record(groups)["verify_acc"] == sum(x > 0 for x in rewards) / len(rewards) == sum(
+        parse_verdict(tok.decode(ids, skip_special_tokens=True)) == (g.answer == "Yes")
+        for g in groups for ids in g.response_ids) / len(rewards)

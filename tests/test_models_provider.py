@@ -9,6 +9,7 @@ from igrpo_megatron.config import ConfigError, ModelConfig, ParallelConfig
 from igrpo_megatron.models.logprobs import micro_batch_slices
 from igrpo_megatron.models.provider import check_layout, load_hf_config, padded_vocab_size, use_transformer_engine
 from torchrun_util import REPO, checks, run_torchrun
+from trainer_fixtures import hf_weight_norm
 
 
 def test_hf_config_fields(tiny_qwen2, tmp_path):
@@ -100,6 +101,12 @@ def test_layouts_recompute_bf16_and_tied_embeddings(tiny_qwen2, tied_llama):
     assert c["llama_tied_pp2_second_loss_diff"] <= 1e-6
     assert c["llama_tied_pp2_param_diff"] <= 1e-6
     assert c["reference_logprob_diff"] == 0.0 and c["reference_has_optimizer"] == 0.0
+    # Policy.weight_norm counts each parameter once: the TP-replicated norms, the tied embedding on
+    # its two stages (measured: 2e-8 relative from the HF weights' norm)
+    assert c["tp2_weight_norm"] == pytest.approx(hf_weight_norm(tiny_qwen2), rel=1e-6)
+    llama = hf_weight_norm(tied_llama)
+    for name in ("llama_tied_pp1_weight_norm", "llama_tied_pp2_weight_norm", "reference_weight_norm"):
+        assert c[name] == pytest.approx(llama, rel=1e-6), name
 
 
 CPU_SHIM_CHECK = """

@@ -22,3 +22,16 @@ def tiny_run_config(model_dir: str, output_dir: str, port: int, **sections: dict
     for name, values in sections.items():
         cfg.setdefault(name, {}).update(values)
     return cfg
+
+
+def hf_weight_norm(model_dir: str) -> float:
+    """L2 norm of an HF folder's weights: ``Policy.weight_norm`` of a model loaded from it (the rows
+    Megatron adds to pad the vocabulary are zeros)."""
+    import glob
+    import math
+    import os
+
+    from safetensors.torch import load_file
+
+    tensors = [t for f in glob.glob(os.path.join(model_dir, "*.safetensors")) for t in load_file(f).values()]
+    return math.sqrt(sum(float(t.double().square().sum()) for t in tensors))

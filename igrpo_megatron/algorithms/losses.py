@@ -141,7 +141,8 @@ def policy_loss(
 
     Metrics (detached scalars): ``loss``, ``pg_loss``; ``clip_frac_low`` / ``clip_frac_high``
     (tokens whose gradient a clip bound removes), ``ratio_mean``, ``approx_kl`` (k3 of
-    KL(pi_old || pi_theta)); ``dual_clip_frac`` with dual-clip; ``kl_ref`` with ref_logprobs;
+    KL(pi_old || pi_theta)); with ``ratio_level="sequence"`` ``seq_ratio_mean`` / ``seq_ratio_max``
+    (GSPO's sequence ratio, over sequences); ``dual_clip_frac`` with dual-clip; ``kl_ref`` with ref_logprobs;
     ``entropy`` with entropy; with rollout_logprobs ``mismatch_abs_diff`` (mean |old - rollout|),
     ``mismatch_kl`` (k3 of KL(pi_rollout || pi_train)), ``mismatch_ratio_max`` (max
     exp(old - rollout)), and with tis_cap ``tis_weight_mean``, ``tis_clip_frac``; with
@@ -183,17 +184,21 @@ def policy_loss(
     old = lp.detach() if old_logprobs is None else masked(old_logprobs.detach().float())
     adv = advantages.detach().float()[:, None]
 
+    metrics: dict[str, Tensor] = {}
     token_log_ratio = lp - old
     if cfg.ratio_level == "sequence":
         seq_log_ratio = token_log_ratio.sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp_min(1)
         log_ratio = seq_log_ratio.expand_as(token_log_ratio)
+        # GSPO clips whole sequences: their ratios, per sequence (rows without response tokens left out)
+        seq_ratio = torch.where(keep.any(1), seq_log_ratio[:, 0].detach().clamp(max=MAX_LOG_RATIO).exp(), zero)
+        metrics["seq_ratio_mean"] = seq_ratio.sum() / num_sequences
+        metrics["seq_ratio_max"] = seq_ratio.amax()
     else:
         log_ratio = token_log_ratio
     ratio = torch.exp(log_ratio.clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO))
     low, high = 1 - cfg.clip_low, 1 + cfg.clip_high
     pg = torch.maximum(-adv * ratio, -adv * ratio.clamp(low, high))
 
-    metrics: dict[str, Tensor] = {}
     # Fractions of tokens whose gradient the clip removes, at each bound.
     metrics["clip_frac_low"] = token_mean(((adv < 0) & (ratio < low)).float())
     metrics["clip_frac_high"] = token_mean(((adv > 0) & (ratio > high)).float())
@@ -209,10 +214,11 @@ def policy_loss(
     if rollout_logprobs is not None:
         same_context = keep & ~shaped
         rollout = torch.where(same_context, rollout_logprobs.detach().float(), zero)
-        train_vs_rollout = torch.where(same_context, old, zero) - rollout  # same weights, two engines: ideally 0
+        train = torch.where(same_context, old, zero)
+        train_vs_rollout = train - rollout  # same weights, two engines: ideally 0
         metrics["mismatch_abs_diff"] = token_mean(train_vs_rollout.abs())
         # k3 estimate of KL(pi_rollout || pi_train): the samples come from the rollout engine.
-        metrics["mismatch_kl"] = token_mean(kl_k3(rollout, torch.where(same_context, old, zero)))
+        metrics["mismatch_kl"] = token_mean(kl_k3(rollout, train))
         metrics["mismatch_ratio_max"] = torch.where(same_context, train_vs_rollout, -torch.inf).amax().exp()
         if cfg.tis_cap is not None:
             is_weight = torch.exp(train_vs_rollout.clamp(max=MAX_LOG_RATIO))

@@ -91,7 +91,7 @@ def warmup_batch(trainer, items, rng: random.Random):
             draft_answer = item.answer if rng.random() < 0.5 else _wrong(item.answer, rng)
             draft = tok.encode(solution_text(item.question, draft_answer), add_special_tokens=False)
             prompt = refinement_prompt_ids(
-                item.question, draft, render=trainer.rollout.render, encode=trainer.rollout.encode,
+                item.question, draft, render=trainer.method.render, encode=trainer.method.encode,
                 max_prompt_tokens=trainer.cfg.rollout.max_prompt_tokens)
         prompts.append(list(prompt))
         targets.append(target)
@@ -154,7 +154,7 @@ def accuracy_on(trainer, items: list[tuple[str, str]], samples: int) -> float:
         jobs = []
         for question, answer in items:
             ids = format_prompt(trainer.tokenizer, build_prompt_messages(question, d.system_prompt, d.user_suffix))
-            jobs.append(trainer.rollout.sample_and_score(ids, samples, question, answer))
+            jobs.append(trainer.method.sample_and_score(ids, samples, question, answer))
         return await asyncio.gather(*jobs)
 
     results = trainer.conn.loop.run_until_complete(run())

@@ -168,6 +168,22 @@ class Policy:
             lengths=batch.row_lengths(), max_tokens=self.cfg.train.max_tokens_per_micro_batch)
         return lp.cpu()
 
+    def weight_norm(self) -> float:
+        """L2 norm of all the model's parameters (Megatron-LM's ``params-norm``), each counted once:
+        a tensor-parallel replica on TP rank 0 only, a tied embedding on its first pipeline stage
+        only; on every rank (collective over the model-parallel group)."""
+        from megatron.core import parallel_state as ps
+        from megatron.core.tensor_parallel import param_is_not_tensor_parallel_duplicate
+        from megatron.core.transformer.module import param_is_not_shared
+
+        norms = [torch.linalg.vector_norm(p.detach(), dtype=torch.float32) for chunk in self.model_chunks
+                 for p in chunk.parameters() if param_is_not_shared(p) and param_is_not_tensor_parallel_duplicate(p)]
+        total = torch.stack(norms).double().square().sum()
+        group = ps.get_model_parallel_group()
+        if dist.get_world_size(group) > 1:
+            dist.all_reduce(total, group=group)
+        return float(total.sqrt())
+
     def train_step(self, batch: TrainBatch, loss_fn: LossFn, *, micro_batch_size: Optional[int] = None,
                    temperature: Optional[float] = None) -> dict[str, float]:
         """One optimizer step on this data-parallel rank's share ``batch`` (all ranks call it).

@@ -14,7 +14,8 @@ from igrpo_megatron.rollout.server import (ServerHandle, ServerStartError, build
                                            launch_server, resolve_api_key)
 
 __all__ = [
-    "METHODS", "RefitError", "RolloutMethod", "make_method", "RefitStats", "Refitter", "RolloutClient", "RolloutConnection", "RolloutError", "RolloutServerError",
-    "Sample", "SamplingParams", "ServerAdmin", "ServerHandle", "ServerStartError",
-    "StaleRolloutError", "Transport", "build_server_command", "connect", "launch_server", "resolve_api_key",
+    "METHODS", "RefitError", "RefitStats", "Refitter", "RolloutClient", "RolloutConnection",
+    "RolloutError", "RolloutMethod", "RolloutServerError", "Sample", "SamplingParams", "ServerAdmin",
+    "ServerHandle", "ServerStartError", "StaleRolloutError", "Transport", "build_server_command",
+    "connect", "launch_server", "make_method", "resolve_api_key",
 ]

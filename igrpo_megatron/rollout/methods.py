@@ -8,8 +8,9 @@ method is one registered unit and the loop has no per-method branch. Registered:
 
 The protocol: ``run(prompts)`` (rank 0 only), ``observe(groups)`` after the step's groups reached
 every rank (a method with training state, Self-Verification's buffer, updates it there, the same
-on every rank, so it can go into the checkpoint), ``state_dict()`` / ``load_state_dict()`` (JSON,
-saved with the checkpoint's data position).
+on every rank, so it can go into the checkpoint), ``record(groups)`` (the method's own figures of
+the step's metrics record), ``state_dict()`` / ``load_state_dict()`` (JSON, saved with the
+checkpoint's data position).
 """
 from __future__ import annotations
 
@@ -73,6 +74,10 @@ class RolloutMethod:
 
     def observe(self, groups: Sequence) -> None:
         """Every rank, after the step's groups were broadcast; nothing to keep by default."""
+
+    def record(self, groups: Sequence) -> dict[str, float]:
+        """The method's own figures of a step, for rank 0's metrics record; none by default."""
+        return {}
 
     def state_dict(self) -> dict:
         return {}

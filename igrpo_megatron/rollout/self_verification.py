@@ -78,6 +78,13 @@ class SelfVerificationRollout(TwoStageRollout):
             keep = min(self.cfg.igrpo.verify_buffer_size, len(self.pending))
             self.buffer, self.pending = self._rng("refresh").sample(self.pending, keep), []
 
+    def record(self, groups: Sequence[PromptRollout]) -> dict[str, float]:
+        """``verify_acc``: the share of the step's verifications whose Yes/No verdict was right (an
+        unparseable reply is wrong), apart from the balanced reward, which weights a verdict by its
+        solution's p; NaN in a step without verifications (an empty buffer), not a made-up 0."""
+        right = [a for g in groups if g.id.startswith(VERIFY_ID) for a in g.accuracy]
+        return {"verify_acc": sum(right) / len(right) if right else float("nan")}
+
     def state_dict(self) -> dict:
         return {"steps_seen": self.steps_seen, "buffer": self.buffer, "pending": self.pending}
 

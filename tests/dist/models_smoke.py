@@ -78,6 +78,7 @@ def lr_schedule(qwen_dir):
     cfg.optim.lr, cfg.optim.warmup_ratio, cfg.optim.min_lr_ratio = 1e-3, 0.2, 0.1
     initialize_parallel(cfg.parallel, seed=1)
     policy = Policy(cfg, load_hf_config(qwen_dir), total_steps=10)
+    check("tp2_weight_norm", policy.weight_norm())  # the layer norms are on both TP ranks: counted once
     for k in range(1, 11):
         check(f"lr_step{k}", policy.train_step(batch(300), sft)["lr"])
     destroy_parallel()
@@ -92,8 +93,10 @@ def tied_llama_pp2(llama_dir):
         policy = Policy(cfg, load_hf_config(llama_dir))
         b = batch(321)
         lp = policy.compute_logprobs(b)
+        check(f"llama_tied_pp{pp}_weight_norm", policy.weight_norm())  # the tied embedding counted once
         if pp == 2:  # the reference model: same layout and weights, no gradients or optimizer
             reference = Policy(cfg, load_hf_config(llama_dir), frozen=True)
+            check("reference_weight_norm", reference.weight_norm())
             check("reference_logprob_diff", (reference.compute_logprobs(b) - lp).abs().max())
             check("reference_has_optimizer", reference.optimizer is not None)
             del reference
