@@ -440,7 +440,8 @@ class EvalConfig(Section):
     paper_row: Optional[str] = opt(
         None, "Table 1 row results.md compares with, e.g. DeepSeek-R1-Distill-Qwen-7B/iGRPO; null: by model name")
     system_prompt: Literal["training", "none"] = opt(
-        "training", "training: the system instruction the policy trained with; none: no system message")
+        "training",
+        "training: the policy's training prompt (data.system_prompt, data.user_suffix); none: no system message")
     prompt_template: str = opt("{problem}", "the user message; {problem} is replaced, other braces kept")
     limit: Optional[int] = opt(None, "first n problems of each benchmark (smoke runs); null: all")
     seed: int = opt(0, f"sampling seed (sample j of problem i uses seed + i * {EVAL_SEED_STRIDE} + j)")

@@ -148,7 +148,8 @@ class Trainer:
     def refit(self) -> Optional[RefitStats]:
         """Push the policy's weights to the rollout server as ``weight_version`` (collective);
         the refitter's figures on rank 0, ``None`` elsewhere."""
-        buckets = export_hf_weights(self.policy.model_chunks, self.hf_cfg, self.cfg.rollout.refit_bucket_mb << 20)
+        buckets = export_hf_weights(self.policy.model_chunks, self.hf_cfg, self.cfg.rollout.refit_bucket_mb << 20,
+                                    tied_head=True)
         stats = self.conn.refitter.update(buckets, version=self.weight_version)
         dist.barrier()
         return stats

@@ -7,7 +7,9 @@ samples then have a known spread of right and wrong, numbers and letters.
 """
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import dataclass
 
 # What the trained model answers, and how often (at temperature 1).
 ANSWERS = {"\\boxed{5}": 0.4, "\\boxed{7}": 0.2, "\\boxed{B}": 0.25, "\\boxed{C}": 0.15}
@@ -53,3 +55,45 @@ def make_answering_model(src_hf: str, out_dir: str, prompts: list[list[int]], st
             with open(src) as f, open(os.path.join(out_dir, name), "w") as g:
                 g.write(f.read())
     return out_dir
+
+
+def write_jsonl(path, rows: list[dict]) -> str:
+    """``rows`` as a JSONL file (a local benchmark or prompt file); returns its path."""
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@dataclass
+class Greedy:
+    prompt_ids: list[int]
+    text: str
+    correct: bool
+
+
+def transformers_greedy(hf: str, eval_config: str, max_new_tokens: int) -> list[Greedy]:
+    """transformers' greedy ``generate`` on every problem of the config's benchmarks, in order, from
+    the prompt igrpo-eval builds, scored as igrpo-eval scores (math-verify, or the letter read)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from igrpo_megatron.config import load_config
+    from igrpo_megatron.data.chat import format_prompt
+    from igrpo_megatron.eval import extract_choice, load_benchmark
+    from igrpo_megatron.eval.runner import prompt_messages
+    from igrpo_megatron.rewards.math_verify_reward import accuracy
+
+    cfg = load_config(eval_config, training=False)
+    tok = AutoTokenizer.from_pretrained(hf)
+    model = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32).eval()
+    out = []
+    for spec in cfg.eval.benchmarks:
+        for p in load_benchmark(spec)[1]:
+            ids = format_prompt(tok, prompt_messages(p.text, cfg.eval, cfg.data))
+            with torch.no_grad():
+                gen = model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=max_new_tokens,
+                                     pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else 0)
+            text = tok.decode(gen[0, len(ids):], skip_special_tokens=True)
+            ok = (extract_choice(text, len(p.choices), p.choices) == p.answer if p.choices
+                  else accuracy(text, p.answer) == 1.0)
+            out.append(Greedy(ids, text, ok))
+    return out

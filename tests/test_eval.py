@@ -12,18 +12,17 @@ import sys
 
 import pytest
 
-from igrpo_megatron.config import ConfigError, EvalConfig, RewardConfig, load_config
+from eval_fixtures import write_jsonl as _jsonl
+from igrpo_megatron.algorithms.igrpo import DEFAULT_TEMPLATE
+from igrpo_megatron.config import ConfigError, DataConfig, EvalConfig, RewardConfig, load_config
 from igrpo_megatron.data import DataError
 from igrpo_megatron.eval import BENCHMARKS, load_benchmark, pass_at_k, summarize
-from igrpo_megatron.eval.runner import score_completions, summarize_records
+from igrpo_megatron.eval.runner import prompt_messages, score_completions, summarize_records
 from igrpo_megatron.models.parallel import free_port
 from torchrun_util import REPO
 
 
 
-def _jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
 
 
 def test_pass_at_k_equals_the_fraction_of_k_subsets_with_a_correct_sample():
@@ -63,6 +62,17 @@ def test_registry_follows_the_paper_protocol():
     e = EvalConfig()
     assert (e.temperature, e.top_p, e.samples, e.benchmarks) == (0.6, 0.95, None, table1)
     assert e.max_tokens == 65000  # the paper's generation budget, independent of rollout.max_tokens
+
+
+def test_the_training_prompt_is_the_one_the_policy_trained_on():
+    """eval.system_prompt: training takes the run's data.system_prompt and data.user_suffix (a model
+    trained on a configured prompt was evaluated on the paper's before), the paper's when unset."""
+    data = DataConfig(system_prompt="Be brief.", user_suffix=" Box it.")
+    assert prompt_messages("2 + 3?", EvalConfig(prompt_template="Q: {problem}"), data) == [
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Q: 2 + 3? Box it."}]
+    assert prompt_messages("2 + 3?", EvalConfig(system_prompt="none"), data) == [{"role": "user", "content": "2 + 3?"}]
+    assert prompt_messages("2 + 3?", EvalConfig(), DataConfig()) == [
+        {"role": "system", "content": DEFAULT_TEMPLATE.system_prompt}, {"role": "user", "content": "2 + 3?"}]
 
 
 def test_local_files_replace_the_hub(tmp_path):
@@ -172,9 +182,9 @@ eval: {{benchmarks: ["math500={math500}", "amc23={amc}"], samples: 4, pass_k: [1
         f"megatron:{os.path.realpath(model)}/iter_")
     assert results["model"] == str(model)
     tok = AutoTokenizer.from_pretrained(tiny_qwen2)
-    e = load_config(str(cfg)).eval
+    c = load_config(str(cfg))
     for r, row in zip(records[::4], rows):  # the prompt is the training system prompt + the problem
-        assert r["prompt_tokens"] == len(format_prompt(tok, prompt_messages(row["problem"], e)))
+        assert r["prompt_tokens"] == len(format_prompt(tok, prompt_messages(row["problem"], c.eval, c.data)))
     for r in records + amc_records:
         assert 1 <= r["completion_tokens"] <= 12
         assert r["correct"] == (accuracy(r["completion"], r["gold"]) == 1.0)  # same verdict as math-verify

@@ -22,8 +22,9 @@ from collections import Counter
 
 import pytest
 
-from eval_fixtures import make_answering_model
+from eval_fixtures import make_answering_model, transformers_greedy, write_jsonl as _jsonl
 from rollout_fixtures import start_test_server
+from torchrun_util import run_cli
 
 pytest.importorskip("vllm")
 
@@ -32,15 +33,8 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}
 MAX_MODEL_LEN = 512
 
 
-def _jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
-
-
 def _convert(*args):
-    proc = subprocess.run([sys.executable, "-m", "igrpo_megatron.cli.convert", *args], capture_output=True,
-                          text=True, timeout=300, env=ENV, cwd=REPO)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run_cli("igrpo_megatron.cli.convert", *args, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -48,14 +42,14 @@ def served(tiny_qwen2, tmp_path_factory):
     """(server handle, the HF folder it serves, the Megatron checkpoint that folder came from)."""
     from transformers import AutoTokenizer
 
-    from igrpo_megatron.config import EvalConfig
+    from igrpo_megatron.config import DataConfig, EvalConfig
     from igrpo_megatron.data.chat import format_prompt
     from igrpo_megatron.eval.runner import prompt_messages
 
     root = tmp_path_factory.mktemp("eval_protocol")
     tok = AutoTokenizer.from_pretrained(tiny_qwen2)
     e = EvalConfig(system_prompt="none")
-    prompts = [format_prompt(tok, prompt_messages(f"What is {i} + {i + 3}?", e)) for i in range(4)]
+    prompts = [format_prompt(tok, prompt_messages(f"What is {i} + {i + 3}?", e, DataConfig())) for i in range(4)]
     trained = make_answering_model(tiny_qwen2, str(root / "trained"), prompts)
     ckpt, hf = root / "ckpt", root / "hf"
     _convert("from-hf", "--hf", trained, "--out", str(ckpt))
@@ -214,35 +208,16 @@ def test_a_server_too_short_for_eval_max_tokens_is_refused(served, tmp_path):
 def test_greedy_k1_correctness_equals_transformers_generate(served, tmp_path):
     """Greedy, one sample: igrpo-eval's per-problem verdicts are those of transformers' generate
     of the same prompts, scored by the same math-verify reward and letter reader."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from igrpo_megatron.config import load_config
-    from igrpo_megatron.data.chat import format_prompt
-    from igrpo_megatron.eval import extract_choice, load_benchmark
-    from igrpo_megatron.eval.runner import prompt_messages
-    from igrpo_megatron.rewards.math_verify_reward import accuracy
-
     _, hf, _ = served
     benches = _benchmarks(tmp_path, math_golds=("5", "7", "9", "5"), gpqa=3)
     cfg = _config(tmp_path, served, benches, samples=1, temperature=0.0, max_tokens=12)
     _eval(cfg)
-    e = load_config(cfg, training=False).eval
-    tok = AutoTokenizer.from_pretrained(hf)
-    model = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32).eval()
-    verdicts = []
-    for spec in benches:
-        bench, problems = load_benchmark(spec)
-        records = _records(tmp_path / "out", bench.name)
-        for p, rec in zip(problems, records, strict=True):
-            ids = format_prompt(tok, prompt_messages(p.text, e))
-            with torch.no_grad():
-                gen = model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=12, pad_token_id=0)
-            text = tok.decode(gen[0, len(ids):], skip_special_tokens=True)
-            ok = (extract_choice(text, len(p.choices), p.choices) == p.answer if p.choices
-                  else accuracy(text, p.answer) == 1.0)
-            assert (rec["completion"], rec["correct"]) == (text, ok), p.id
-            verdicts.append(ok)
+    records = _records(tmp_path / "out", "math500") + _records(tmp_path / "out", "gpqa_diamond")
+    greedy = transformers_greedy(hf, cfg, 12)
+    assert len(records) == len(greedy) == 7
+    for rec, g in zip(records, greedy):
+        assert (rec["completion"], rec["correct"]) == (g.text, g.correct), rec["id"]
+    verdicts = [g.correct for g in greedy]
     assert True in verdicts and False in verdicts
 
 

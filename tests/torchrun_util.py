@@ -29,3 +29,14 @@ def run_torchrun(script: str, nproc: int, args: list[str] | None = None, timeout
 def checks(output: str) -> dict[str, float]:
     """Collect ``CHECK name value`` lines printed by worker scripts (last one wins)."""
     return {m.group(1): float(m.group(2)) for m in re.finditer(r"^CHECK (\S+) (\S+)$", output, re.M)}
+
+
+def run_cli(module: str, *args: str, timeout: float = 600) -> str:
+    """Run one of the project's CLIs (``python -m module args``) as a user does; output, or raise with it."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}
+    proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=timeout,
+                          env=env, cwd=REPO)
+    out = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        raise AssertionError(f"{module} {' '.join(args[:2])} failed ({proc.returncode}):\n{out[-6000:]}")
+    return out

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from typing import Optional, Sequence
 
 from igrpo_megatron.algorithms.igrpo import build_prompt_messages
-from igrpo_megatron.config import EVAL_SEED_STRIDE, Config, ConfigError, EvalConfig, RewardConfig
+from igrpo_megatron.config import EVAL_SEED_STRIDE, Config, ConfigError, DataConfig, EvalConfig, RewardConfig
 from igrpo_megatron.data.chat import format_prompt
 from igrpo_megatron.eval.benchmarks import Benchmark, Problem, load_benchmark
 from igrpo_megatron.eval.choice import extract_choice
@@ -40,10 +40,12 @@ from igrpo_megatron.rewards.extract import extract_answer
 log = logging.getLogger(__name__)
 
 
-def prompt_messages(problem: str, e: EvalConfig) -> list[dict]:
+def prompt_messages(problem: str, e: EvalConfig, data: DataConfig) -> list[dict]:
+    """``eval.prompt_template`` filled in; with ``eval.system_prompt: training`` the prompt is the
+    one the policy trained on (``data.system_prompt``, null: the paper's, and ``data.user_suffix``)."""
     user = e.prompt_template.replace("{problem}", problem)
     if e.system_prompt == "training":
-        return build_prompt_messages(user)
+        return build_prompt_messages(user, data.system_prompt, data.user_suffix)
     return [{"role": "user", "content": user}]
 
 
@@ -116,7 +118,7 @@ def prepare(cfg: Config, tokenizer, model: str) -> list[Job]:
     jobs = []
     for spec in e.benchmarks:
         bench, problems = load_benchmark(spec, e.data_dir, e.limit)
-        prompts = [format_prompt(tokenizer, prompt_messages(p.text, e)) for p in problems]
+        prompts = [format_prompt(tokenizer, prompt_messages(p.text, e, cfg.data)) for p in problems]
         k = e.samples or bench.samples
         if any(pk > k for pk in e.pass_k or ()):
             raise ConfigError(f"eval.pass_k={e.pass_k} asks for k above {bench.name}'s {k} samples")
