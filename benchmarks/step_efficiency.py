@@ -8,13 +8,14 @@
 * **Old-logprob shortcut**: step time with the separate old-logprob forward and without it.
 * **Async**: the trainer's step time on-policy and one step off (``rollout.async_steps: 1``),
   3 real iGRPO steps each on one vLLM server. This machine has 2 cores, so the vLLM server and
-  its engine are pinned to core 0 and the trainer to core 1 (``sched_setaffinity``, what
-  ``taskset`` does), standing in for the separate nodes of the paper's layout. Each mode's first
-  step is left out (warm-up; the first async step has nothing generated ahead).
+  its engine are pinned to core 0 (``VLLM_CPU_OMP_THREADS_BIND`` for its OpenMP threads) and the
+  trainer to core 1 (``sched_setaffinity`` on every thread, what ``taskset`` does), standing in
+  for the separate nodes of the paper's layout. Each mode's first step is left out (warm-up;
+  the first async step has nothing generated ahead).
 
-fp32 on CPU, one thread per side. Figures on a machine shared with other jobs vary run to run;
-there a whole run takes 30 minutes or more (an iGRPO step of this size took 137-243 s), so give
-it no shorter time limit.
+fp32 on CPU, one thread per side. A whole run took 9 minutes on the quiet 2-core machine (an
+on-policy iGRPO step 40-46 s); on a machine shared with other jobs figures vary run to run and a
+run took over 20 minutes.
 Headline last: ``async_vs_sync_step_time: <ratio>``.
 
     OMP_NUM_THREADS=1 PYTHONPATH=$PWD .venv/bin/python benchmarks/step_efficiency.py
@@ -54,11 +55,18 @@ def matmul_flops(n: int = 1024, reps: int = 8) -> float:
     return reps * 2 * n ** 3 / (time.perf_counter() - t0)
 
 
-def pin_server(trainer: Trainer) -> None:
-    """The launched server's process tree (API server, engine core, workers) onto SERVER_CORE."""
-    root = psutil.Process(trainer.conn.server.process.pid)
-    for p in [root, *root.children(recursive=True)]:
-        os.sched_setaffinity(p.pid, {SERVER_CORE})
+def pin_trainer(trainer: Trainer) -> None:
+    """Every thread of this process and of its children outside the server's process tree (the
+    reward workers) onto TRAINER_CORE; the server tree stays on SERVER_CORE, where it started.
+    Affinity is per thread, so a process's threads are pinned one by one."""
+    server = psutil.Process(trainer.conn.server.process.pid)
+    server_pids = {p.pid for p in [server, *server.children(recursive=True)]}
+    me = psutil.Process()
+    for proc in [me, *me.children(recursive=True)]:
+        if proc.pid not in server_pids:
+            for thread in proc.threads():
+                os.sched_setaffinity(thread.id, {TRAINER_CORE})
+    assert all(os.sched_getaffinity(pid) == {SERVER_CORE} for pid in server_pids), "server left its core"
 
 
 def trainer_steps(trainer: Trainer, n: int) -> list[float]:
@@ -71,7 +79,10 @@ def trainer_steps(trainer: Trainer, n: int) -> list[float]:
 
 
 def main() -> None:
-    os.sched_setaffinity(0, {TRAINER_CORE})  # the server launched below inherits it until pin_server
+    # The server launched below inherits core 0 and binds its OpenMP threads there (vLLM's own
+    # binding, which by default picks the cores itself); the trainer then moves to core 1.
+    os.sched_setaffinity(0, {SERVER_CORE})
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = str(SERVER_CORE)
     torch.set_num_threads(1)
     run_dir = tempfile.mkdtemp(prefix="step_eff_")
     cfg = load_config(None, [
@@ -84,7 +95,7 @@ def main() -> None:
         "train.prompts_per_step=2", "train.max_steps=100", "train.micro_batch_size=4", "train.tensorboard=false",
         "train.save_every=0"])
     with Trainer(cfg) as trainer:
-        pin_server(trainer)
+        pin_trainer(trainer)
         policy = trainer.policy
         n_params = sum(p.numel() for p in policy.model_chunks[0].parameters())
         g = torch.Generator().manual_seed(0)
@@ -121,7 +132,8 @@ def main() -> None:
 
         sync = trainer_steps(trainer, 3)[1:]
         trainer.cfg = dataclasses.replace(trainer.cfg, rollout=dataclasses.replace(trainer.cfg.rollout, async_steps=1))
-        trainer.rollouts = RolloutPipeline(1, trainer.next_prompts, trainer._generate)
+        trainer.rollouts = RolloutPipeline(1, lambda: trainer.next_prompts(cfg.train.prompts_per_step),
+                                           trainer._generate)
         one_off = trainer_steps(trainer, 4)[1:]
         s, a = statistics.median(sync), statistics.median(one_off)
         print(f"iGRPO step (2 prompts x (2 drafts + 2 refinements), <= 96 tokens), vLLM pinned to core "
