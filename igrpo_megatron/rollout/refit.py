@@ -121,10 +121,11 @@ def _stream(admins: Sequence[ServerAdmin], method: str, buckets: Iterable[Bucket
     ``encode(index, tensors)`` turns a bucket into the argument of worker ``method`` (a file it
     wrote, or the bytes). The worker returns once its item is loaded, so it is called from a second
     thread while this one exports and encodes the next bucket: the two overlap. Measured on 2 cores
-    (100M-parameter model, 32 MB buckets, tmpfs): 0.5-0.9 s overlapped against 0.65-1.1 s for
-    writing every bucket and then loading the folder, and 1.7 s for loading each bucket before
-    writing the next (vLLM's workers busy-poll for 1 s after every message and then compete with
-    the writes).
+    (100M-parameter model, tmpfs, ``benchmarks/refit_latency.py``): 32 MB buckets took 0.5-0.9 s
+    overlapped against 0.65-1.1 s for writing every bucket and then loading the folder, and 1.7 s
+    for loading each bucket before writing the next (vLLM's workers busy-poll for 1 s after every
+    message and then compete with the writes). A later quiet run gave 1.67 s for 32 MB buckets and
+    0.80 s for one 386 MB bucket: where the server shares the trainer's cores, fewer buckets win.
     """
     num_tensors = num_bytes = 0
     _on_all(admins, lambda a: a.collective_rpc("igrpo_stream_begin"))
