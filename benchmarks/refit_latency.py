@@ -11,8 +11,8 @@ then times, on the same buckets of HF-named tensors:
   the server loads bucket k, prefix-cache reset, version, resume;
 * ``http``: the same with the bytes in the requests (skipped above ``--http-max-params``).
 
-``--bucket-mb`` defaults to 32 so the 100M model travels in about a dozen buckets, as a 7B model
-does in the 512 MB buckets of the default config; with a single bucket nothing overlaps.
+``--bucket-mb`` defaults to 32 so the 100M model travels in a dozen buckets, as a 7B bf16 model
+travels in many (~30) at the default config's 512 MB; with a single bucket nothing overlaps.
 
 The files go to ``/dev/shm`` unless ``--workdir`` names a folder: on this shared virtual disk the
 same 400 MB write takes 0.15-1.5 s depending on the neighbours' I/O, which drowns the refit's own
