@@ -132,8 +132,7 @@ def main() -> None:
 
         sync = trainer_steps(trainer, 3)[1:]
         trainer.cfg = dataclasses.replace(trainer.cfg, rollout=dataclasses.replace(trainer.cfg.rollout, async_steps=1))
-        trainer.rollouts = RolloutPipeline(1, lambda: trainer.next_prompts(cfg.train.prompts_per_step),
-                                           trainer._generate)
+        trainer.rollouts = RolloutPipeline(1, trainer.rollouts.next_prompts, trainer.rollouts.run)
         one_off = trainer_steps(trainer, 4)[1:]
         s, a = statistics.median(sync), statistics.median(one_off)
         print(f"iGRPO step (2 prompts x (2 drafts + 2 refinements), <= 96 tokens), vLLM pinned to core "
