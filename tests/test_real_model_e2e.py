@@ -86,8 +86,11 @@ def test_convert_train_convert_back_and_eval_equal_transformers(real_model, tmp_
     moved = [k for k in before if not torch.equal(before[k], after[k])]
     assert len(moved) > len(before) // 2, f"training moved only {len(moved)} of {len(before)} tensors"
 
-    problems = write_jsonl(tmp_path / "eval.jsonl", [{"problem": TEMPLATE.format(q), "answer": str(a)}
-                                                     for q, a in EVAL_PROBLEMS])
+    # Each problem twice: with its answer, then with a wrong one (answer + 1). A completion can match
+    # at most one of the two, so False is among the verdicts whatever the two steps taught the model
+    # (a CI run's trained model got all 6 right); True still needs it to get one right.
+    problems = write_jsonl(tmp_path / "eval.jsonl", [{"problem": TEMPLATE.format(q), "answer": str(a + wrong)}
+                                                     for wrong in (0, 1) for q, a in EVAL_PROBLEMS])
     out = tmp_path / "eval"
     # the run's own config plus an eval section, as a user evaluates: the training prompt, a server of its own
     eval_cfg = tmp_path / "eval.yaml"
